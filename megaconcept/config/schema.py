@@ -1,0 +1,131 @@
+"""The typed config tree: one dataclass per component, composed by :class:`RunConfig`.
+
+Defaults are the embedded demo recipe (a tiny concept encoder on the embedded HotpotQA-paragraph
+corpus), so `launchers/pretrain.py` with no `--config` runs end to end. Each field's docstring is the
+comment right under it. Cross-field rules live in :mod:`megaconcept.config.validate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelSection:
+    num_concepts: int = 32
+    """C: learned concept vectors that cross-attend to the N token states."""
+    concept_dim: int = 256
+    """Width of the concept path (and of the token path in this architecture)."""
+    num_layers: int = 2
+    """Encoder layers: concept<-token cross-attention, concept self-attention, gated MLP."""
+    num_heads: int = 4
+    """Attention heads in encoder and decoder (concept_dim must be divisible by it)."""
+    mlp_ratio: float = 2.75
+    """Gated-MLP hidden size as a multiple of concept_dim (rounded up to a multiple of 64)."""
+    decoder: str = "perceiver_mlm"
+    """Decoder registry key (see megaconcept.model.decoders.DECODERS)."""
+    decoder_layers: int = 1
+    """Decoder layers: position queries cross-attend to the concepts."""
+    max_position_embeddings: int = 512
+    """Longest sequence the learned position tables cover."""
+    vocab_size: Optional[int] = None
+    """Embedding rows; null = taken from the shards' tokenizer (mask token included)."""
+    dropout: float = 0.0
+    """Dropout on attention outputs and MLPs."""
+    tie_word_embeddings: bool = True
+    """LM head reuses the token embedding matrix."""
+    attention: str = "sdpa"
+    """Attention backend registry key: sdpa | eager."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Std of the normal initialization of linear and embedding weights."""
+
+
+@dataclass
+class MaskingSection:
+    strategy: str = "bert"
+    """Masking registry key (see megaconcept.objectives.masking.MASKING)."""
+    rate: float = 0.15
+    """Fraction of positions per sample chosen as prediction targets."""
+    mask_prob: float = 0.8
+    """Of the chosen positions: share replaced by the mask token."""
+    random_prob: float = 0.1
+    """Of the chosen positions: share replaced by a random token (the rest keep theirs)."""
+
+
+@dataclass
+class ObjectiveSection:
+    masking: MaskingSection = field(default_factory=MaskingSection)
+    ce_chunk_size: int = 4096
+    """Decoded positions per cross-entropy chunk; logits never exceed (chunk, V)."""
+
+
+@dataclass
+class DataSection:
+    shards: str = "data/shards/demo"
+    """Directory written by `python -m data_prep.shard` (manifest.json, *.tar, tokenizer/)."""
+    num_workers: int = 1
+    """DataLoader worker processes per rank (0 = read in the training process)."""
+    verify_checksums: bool = True
+    """Check every shard's sha256 against the manifest when it is opened."""
+    shuffle: bool = True
+    """Shuffle shard order and samples within a shard, deterministically from `seed` and epoch."""
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 300
+    """Optimizer steps to train for (raise it and re-run to continue a finished run)."""
+    micro_batch_size: int = 16
+    """Samples per rank per forward pass."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 1.5e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Cosine schedule floor as a fraction of lr."""
+    warmup_steps: int = 30
+    """Linear warmup steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices (norm weights and biases are not decayed)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    precision: str = "auto"
+    """auto | bf16 | fp32 ; auto = bf16 on a GPU that supports it, fp32 otherwise."""
+    log_interval: int = 10
+    """Steps between metric lines (metrics.jsonl and the progress line)."""
+
+
+@dataclass
+class CheckpointSection:
+    interval: int = 100
+    """Steps between checkpoints (a final one is always written)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are pruned after a successful save."""
+
+
+@dataclass
+class LoggingSection:
+    wandb: bool = False
+    """Also log to Weights & Biases."""
+    wandb_mode: str = "offline"
+    """offline | online | disabled ; offline never needs an account."""
+    wandb_project: str = "megaconcept"
+    """W&B project name."""
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/demo"
+    """Everything a run writes: config.yaml, metrics.jsonl, checkpoints/."""
+    seed: int = 1234
+    """Seeds model init, data order, masking and dropout."""
+    model: ModelSection = field(default_factory=ModelSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)

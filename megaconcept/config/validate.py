@@ -1,0 +1,86 @@
+"""Cross-field rules of the run config. Each rule returns one line naming the keys and the fix."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from .schema import RunConfig
+
+Rule = Callable[[RunConfig], Optional[str]]
+
+
+def _heads_divide(cfg: RunConfig) -> Optional[str]:
+    m = cfg.model
+    if m.concept_dim % m.num_heads:
+        return f"model.concept_dim={m.concept_dim} is not divisible by model.num_heads={m.num_heads}; pick heads dividing it"
+    return None
+
+
+def _positive(cfg: RunConfig) -> Optional[str]:
+    checks = {
+        "model.num_concepts": cfg.model.num_concepts, "model.concept_dim": cfg.model.concept_dim,
+        "model.num_layers": cfg.model.num_layers, "model.num_heads": cfg.model.num_heads,
+        "model.decoder_layers": cfg.model.decoder_layers, "train.max_steps": cfg.train.max_steps,
+        "train.micro_batch_size": cfg.train.micro_batch_size, "train.grad_accum_steps": cfg.train.grad_accum_steps,
+        "train.log_interval": cfg.train.log_interval, "checkpoint.interval": cfg.checkpoint.interval,
+        "checkpoint.keep_last": cfg.checkpoint.keep_last, "objective.ce_chunk_size": cfg.objective.ce_chunk_size,
+        "model.max_position_embeddings": cfg.model.max_position_embeddings,
+    }
+    bad = [f"{k}={v}" for k, v in checks.items() if v <= 0]
+    return f"{', '.join(bad)} must be positive" if bad else None
+
+
+def _probabilities(cfg: RunConfig) -> Optional[str]:
+    mk = cfg.objective.masking
+    if not 0.0 < mk.rate < 1.0:
+        return f"objective.masking.rate={mk.rate} must be in (0, 1)"
+    if mk.mask_prob < 0 or mk.random_prob < 0 or mk.mask_prob + mk.random_prob > 1.0:
+        return "objective.masking.mask_prob + random_prob must lie in [0, 1] (BERT uses 0.8 and 0.1)"
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        return f"model.dropout={cfg.model.dropout} must be in [0, 1)"
+    return None
+
+
+def _choices(cfg: RunConfig) -> Optional[str]:
+    allowed = {
+        "train.precision": (cfg.train.precision, ("auto", "bf16", "fp32")),
+        "logging.wandb_mode": (cfg.logging.wandb_mode, ("offline", "online", "disabled")),
+    }
+    for key, (value, valid) in allowed.items():
+        if value not in valid:
+            return f"{key}={value!r} is not one of {', '.join(valid)}"
+    return None
+
+
+def _optimizer(cfg: RunConfig) -> Optional[str]:
+    t = cfg.train
+    if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1:
+        return f"train.lr={t.lr} must be > 0 and train.min_lr_ratio={t.min_lr_ratio} in [0, 1]"
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        return f"train.betas={list(t.betas)} must be two numbers in [0, 1)"
+    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0:
+        return "train.warmup_steps, train.grad_clip and train.weight_decay must be >= 0"
+    return None
+
+
+def _registries(cfg: RunConfig) -> Optional[str]:
+    # Imported here: the registries live with their components, the config only names them.
+    from ..model.decoders import DECODERS
+    from ..model.layers import ATTENTION
+    from ..objectives.masking import MASKING
+
+    for key, value, registry in (
+        ("model.decoder", cfg.model.decoder, DECODERS),
+        ("model.attention", cfg.model.attention, ATTENTION),
+        ("objective.masking.strategy", cfg.objective.masking.strategy, MASKING),
+    ):
+        if value not in registry:
+            return f"{key}={value!r} is unknown; valid: {', '.join(sorted(registry))}"
+    return None
+
+
+RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries]
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Every violated rule's message (empty when the config is consistent)."""
+    return [msg for rule in RULES if (msg := rule(cfg)) is not None]

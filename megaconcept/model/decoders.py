@@ -1,0 +1,46 @@
+"""Decoders: turn concepts back into per-position states (registry keyed by `model.decoder`)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import ConceptModelConfig
+from .layers import CrossAttentionBlock, MLPBlock
+
+
+class PerceiverMLMDecoder(nn.Module):
+    """Position queries cross-attend to the concepts; each position is decoded independently.
+
+    Queries carry only *where* (a learned position vector), never the input token, so the decoder has no
+    shortcut around the concept bottleneck. Because positions never attend to each other, decoding only
+    the masked positions (sparse decoding) gives exactly the states a full decode would give there.
+    """
+
+    def __init__(self, cfg: ConceptModelConfig) -> None:
+        super().__init__()
+        d = cfg.concept_dim
+        self.position_queries = nn.Embedding(cfg.max_position_embeddings, d)
+        self.cross = nn.ModuleList(
+            CrossAttentionBlock(d, cfg.num_heads, cfg.norm_eps, cfg.dropout, cfg.attention)
+            for _ in range(cfg.decoder_layers)
+        )
+        self.mlp = nn.ModuleList(MLPBlock(d, cfg.mlp_dim, cfg.norm_eps, cfg.dropout) for _ in range(cfg.decoder_layers))
+        self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+
+    def forward(self, concepts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """concepts (B, C, D), positions (B, M) int -> decoded states (B, M, D)."""
+        states = self.position_queries(positions).to(concepts.dtype)  # (B, M, D)
+        for cross, mlp in zip(self.cross, self.mlp):
+            states = mlp(cross(states, concepts, None))
+        return self.norm(states)
+
+
+DECODERS: dict[str, Callable[[ConceptModelConfig], nn.Module]] = {"perceiver_mlm": PerceiverMLMDecoder}
+
+
+def build_decoder(cfg: ConceptModelConfig) -> nn.Module:
+    if cfg.decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {cfg.decoder!r}; valid: {sorted(DECODERS)}")
+    return DECODERS[cfg.decoder](cfg)

@@ -1,0 +1,134 @@
+"""Building blocks of the concept encoder: attention (self and cross), gated MLP, norms.
+
+Plain PyTorch, no collectives: tensor parallelism is applied from outside (megaconcept.parallel).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """q (B, H, Lq, Dh), k/v (B, H, Lk, Dh), mask (B, 1, 1, Lk) bool keep -> (B, H, Lq, Dh).
+
+    PyTorch picks flash / memory-efficient kernels on GPU and the math kernel on CPU.
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Reference implementation of :func:`_sdpa`, useful for debugging and attention maps."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+ATTENTION: dict[str, AttentionFn] = {"sdpa": _sdpa, "eager": _eager}
+
+
+def attention_backend(name: str) -> AttentionFn:
+    if name not in ATTENTION:
+        raise ValueError(f"unknown attention backend {name!r}; valid: {sorted(ATTENTION)}")
+    return ATTENTION[name]
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose queries and keys/values may come from different sequences."""
+
+    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa") -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+        self.attend = attention_backend(backend)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, L, D) -> (B, H, L, Dh)
+        return x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+
+    def forward(
+        self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """queries (B, Lq, D), keys_values (B, Lk, D), key_mask (B, Lk) bool keep -> (B, Lq, D)."""
+        q = self._heads(self.q_proj(queries))
+        k = self._heads(self.k_proj(keys_values))
+        v = self._heads(self.v_proj(keys_values))
+        mask = None if key_mask is None else key_mask[:, None, None, :].bool()
+        out = self.attend(q, k, v, mask)  # (B, H, Lq, Dh)
+        return self.o_proj(out.transpose(1, 2).flatten(-2))
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm residual cross-attention: queries read from a (normed) key/value sequence."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, dropout: float, backend: str) -> None:
+        super().__init__()
+        self.query_norm = nn.RMSNorm(dim, eps=eps)
+        self.kv_norm = nn.RMSNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, backend)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        attended = self.attn(self.query_norm(queries), self.kv_norm(keys_values), key_mask)
+        return queries + self.dropout(attended)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm residual self-attention (used among the concepts: cost O(C^2), independent of N)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, dropout: float, backend: str) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, backend)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return x + self.dropout(self.attn(h, h))
+
+
+class MLPBlock(nn.Module):
+    """Pre-norm residual gated MLP."""
+
+    def __init__(self, dim: int, hidden: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.mlp = GatedMLP(dim, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.mlp(self.norm(x)))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) for linear and embedding weights, zeros for biases; norms keep ones."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

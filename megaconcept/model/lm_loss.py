@@ -1,0 +1,42 @@
+"""Sparse, chunked LM-head cross-entropy: logits only at decoded positions, one chunk at a time.
+
+Lives with the model (not in objectives/) because the LM head owns it and exported code must carry it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_loss_sum(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(states, weight, bias).float()  # (chunk, V), fp32 for a stable log-softmax
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def chunked_cross_entropy(
+    states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Mean CE of `states @ weight.T + bias` against labels without materializing all logits.
+
+    states (T, D) decoded positions only, weight (V, D), labels (T,) -> scalar.
+    Each chunk's logits are recomputed in backward (activation checkpointing), so at most one
+    (chunk_size, V) block is alive at a time in forward and backward.
+    """
+    if states.shape[0] == 0:
+        raise ValueError("chunked_cross_entropy got no positions to score")
+    total = states.new_zeros((), dtype=torch.float32)
+    for start in range(0, states.shape[0], chunk_size):
+        end = start + chunk_size
+        args = (states[start:end], weight, bias, labels[start:end])
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss_sum, *args, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(*args)
+    return total / states.shape[0]

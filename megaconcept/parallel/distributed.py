@@ -1,0 +1,93 @@
+"""The one place that starts torch.distributed (through DeepSpeed) and describes the process layout."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """Who this process is. Passed explicitly; nothing reads global distributed state behind it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.world_size
+
+    @property
+    def data_parallel_rank(self) -> int:
+        return self.rank
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_single_process_env() -> None:
+    """Let a plain `python launchers/pretrain.py` run as a world of one, like the launchers would."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def prepare_cpu_deepspeed() -> None:
+    """On a machine without CUDA: CPU accelerator over gloo, with no JIT-compiled ops.
+
+    DeepSpeed otherwise compiles a shared-memory collective (~50 s) at init; gloo does the same job here.
+    Must run before `deepspeed` is first imported.
+    """
+    if torch.cuda.is_available():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed() -> ParallelContext:
+    """Start the process group for deepspeed/torchrun/srun launches (or a world of one)."""
+    _ensure_single_process_env()
+    prepare_cpu_deepspeed()
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        # Processes on one host share its cores; oversubscription makes every rank slower.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    return ParallelContext(rank, world, local_rank, local_world, device, backend)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def shutdown() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,121 @@
+"""The training loop, composed of a checkpointer, a metric logger and a resumable data stream."""
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..config import RunConfig, to_yaml
+from ..config.deepspeed import build_deepspeed_config, zero_stage
+from ..data.loader import build_train_stream
+from ..data.shards import read_manifest
+from ..parallel import ParallelContext
+from ..parallel.zero import register_tied_head
+from .builders import build_collator, build_model, model_config, param_groups, to_device
+from .checkpointer import Checkpointer
+from .metrics import MetricLogger
+from .schedule import build_scheduler
+from .state import TrainState, seed_everything
+
+
+class Trainer:
+    """Builds engine, data and bookkeeping from the run config, then trains to `train.max_steps`."""
+
+    def __init__(self, cfg: RunConfig, ds_config_path: str, ctx: ParallelContext) -> None:
+        import deepspeed
+
+        self.cfg, self.ctx = cfg, ctx
+        self.manifest = read_manifest(cfg.data.shards)
+        self.tokenizer_dir = str(Path(cfg.data.shards) / "tokenizer")
+        self.ds_config = build_deepspeed_config(ds_config_path, cfg.train, ctx.data_parallel_size)
+        self.model_cfg = model_config(cfg.model, self.manifest.vocab_size, self.manifest.seq_len)
+        seed_everything(cfg.seed)
+        model = build_model(self.model_cfg)
+        register_tied_head(model, zero_stage(self.ds_config))
+        t = cfg.train
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=param_groups(model, t.weight_decay),
+            config=self.ds_config,
+            lr_scheduler=partial(build_scheduler, warmup=t.warmup_steps, total=t.max_steps, floor=t.min_lr_ratio),
+        )
+        self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
+        self.config_yaml = to_yaml(cfg)
+        self.state = self.checkpointer.load(self.engine) or TrainState()
+        if ctx.is_main:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.run_dir) / "config.yaml").write_text(self.config_yaml)
+        self.logger = MetricLogger(cfg.run_dir, ctx.is_main, cfg.logging, _plain(cfg), self.state.step)
+        self.tokens_per_step = t.micro_batch_size * t.grad_accum_steps * self.manifest.seq_len * ctx.data_parallel_size
+
+    def _stream(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        d = self.cfg.data
+        collate = build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
+        return build_train_stream(
+            d.shards, self.cfg.train.micro_batch_size, self.cfg.seed, self.ctx.data_parallel_rank,
+            self.ctx.data_parallel_size, d.num_workers, collate, state=self.state.data_position or None,
+            shuffle=d.shuffle, verify_checksums=d.verify_checksums,
+        )
+
+    def _train_step(self, stream: Iterator) -> float:
+        """One optimizer step over grad_accum_steps micro-batches; returns the mean loss on this rank."""
+        total = 0.0
+        for _ in range(self.cfg.train.grad_accum_steps):
+            batch, position = next(stream)
+            out = self.engine(**to_device(batch, self.ctx.device), ce_chunk_size=self.cfg.objective.ce_chunk_size)
+            self.engine.backward(out.loss)
+            self.engine.step()
+            total += out.loss.detach().float().item()
+            self.state.data_position = position
+        self.state.step += 1
+        self.state.tokens_seen += self.tokens_per_step
+        self.state.samples_seen += self.tokens_per_step // self.manifest.seq_len
+        return total / self.cfg.train.grad_accum_steps
+
+    def _global_mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.ctx.device)
+        torch.distributed.all_reduce(t)
+        return t.item() / self.ctx.world_size
+
+    def _record(self, losses: list[float], elapsed: float) -> dict[str, Any]:
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            **self.state.counters(),
+            "loss": self._global_mean(sum(losses) / len(losses)),
+            "lr": self.engine.get_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_per_sec": self.tokens_per_step * len(losses) / max(elapsed, 1e-9),
+        }
+
+    def fit(self) -> TrainState:
+        t, ck = self.cfg.train, self.cfg.checkpoint
+        if self.state.step >= t.max_steps:
+            self._say(f"run at step {self.state.step} >= train.max_steps={t.max_steps}; raise it to continue")
+            return self.state
+        self._say(f"training {self.state.step} -> {t.max_steps} steps; run dir {self.cfg.run_dir}")
+        self.engine.train()
+        stream, losses, tick = self._stream(), [], time.perf_counter()
+        while self.state.step < t.max_steps:
+            losses.append(self._train_step(stream))
+            if self.state.step % t.log_interval == 0 or self.state.step == t.max_steps:
+                self.logger.log(self._record(losses, time.perf_counter() - tick))
+                losses, tick = [], time.perf_counter()
+            if self.state.step % ck.interval == 0 or self.state.step == t.max_steps:
+                path = self.checkpointer.save(self.engine, self.state, self.config_yaml, self.tokenizer_dir)
+                self._say(f"checkpoint {path}")
+                tick = time.perf_counter()
+        self.logger.close()
+        return self.state
+
+    def _say(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, flush=True)
+
+
+def _plain(cfg: RunConfig) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(to_yaml(cfg))

@@ -1,0 +1,59 @@
+"""2-process ZeRO-3 on CPU: train, checkpoint, SIGKILL mid-run, resume, match the uninterrupted losses."""
+import os
+import signal
+import subprocess
+import time
+
+from _launch import TINY, deepspeed_cmd, env, losses, run, torchrun_cmd, ROOT
+
+STEPS = 40
+
+
+def _kill_after(cmd, metrics, min_step, timeout=240):
+    """Start `cmd`, SIGKILL its whole process tree once `min_step` is logged; return the last logged step."""
+    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended by itself (rc={proc.returncode}) before it could be killed")
+            if metrics.is_file() and any(f'"step": {s},' in metrics.read_text() for s in range(min_step, STEPS)):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("run never reached the kill step")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return max(losses(metrics.parent))
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, tiny_shards):
+    common = TINY + [f"data.shards={tiny_shards}", f"train.max_steps={STEPS}", "checkpoint.interval=4",
+                     "checkpoint.keep_last=2"]
+    ref_dir, res_dir = tmp_path / "reference", tmp_path / "resumed"
+    # Uninterrupted reference through the deepspeed launcher; the interrupted run through torchrun.
+    run(deepspeed_cmd(2, "ds_configs/zero3.json", common + [f"run_dir={ref_dir}"]))
+    cmd = torchrun_cmd(2, "ds_configs/zero3.json", common + [f"run_dir={res_dir}"])
+    killed_at = _kill_after(cmd, res_dir / "metrics.jsonl", min_step=10)
+    assert killed_at < STEPS
+    out = run(cmd)
+    assert "checkpoint" in out.stdout
+    ref, res = losses(ref_dir), losses(res_dir)
+    assert sorted(ref) == list(range(1, STEPS + 1)) and sorted(res) == sorted(ref)
+    for step in ref:
+        assert abs(ref[step] - res[step]) <= 1e-6 * max(1.0, abs(ref[step])), (step, ref[step], res[step])
+    assert ref[STEPS] < ref[1]  # it learns
+    kept = sorted(p.name for p in (res_dir / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000036", "step_00000040"]
+    assert (res_dir / "checkpoints" / "latest").read_text() == "step_00000040"
+
+
+def test_raising_max_steps_continues_and_finished_run_is_a_no_op(tmp_path, tiny_shards):
+    common = TINY + [f"data.shards={tiny_shards}", "checkpoint.interval=3", f"run_dir={tmp_path / 'run'}"]
+    run(torchrun_cmd(2, "ds_configs/zero3.json", common + ["train.max_steps=3"]))
+    again = run(torchrun_cmd(2, "ds_configs/zero3.json", common + ["train.max_steps=3"]))
+    assert "raise it to continue" in again.stdout
+    run(torchrun_cmd(2, "ds_configs/zero3.json", common + ["train.max_steps=5"]))
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4, 5]
