@@ -1,0 +1,79 @@
+"""Read a training checkpoint written by megaconcept.train.checkpointer: locate it, check it is whole,
+read its metadata (architecture, counters, tokenizer path).
+
+Layout expected (see megaconcept/train/checkpointer.py):
+    RUN_DIR/checkpoints/latest            tag of the newest complete checkpoint
+    RUN_DIR/checkpoints/step_XXXXXXXX/    DeepSpeed tag dir + config.yaml, tokenizer/, trainer_state.json,
+                                          COMPLETE ({"world_size": W}, written after every rank finished)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+EXPECTED = (
+    "expected a checkpoint tag dir (step_XXXXXXXX/ holding COMPLETE, config.yaml, tokenizer/ and DeepSpeed "
+    "*_model_states.pt files), or a run dir / checkpoints dir with a `latest` file"
+)
+
+
+class ExportError(RuntimeError):
+    """A checkpoint or output location that cannot be exported; the message is one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What the export needs to know about one checkpoint besides its weights."""
+
+    tag_dir: Path
+    world_size: int
+    model_section: dict[str, Any]
+    """The run config's `model:` section (architecture; vocab_size may be null = from the tokenizer)."""
+    run_config: dict[str, Any]
+    """The whole resolved run config, as plain YAML data (for the model card)."""
+    trainer_state: dict[str, int]
+    """step, tokens_seen, samples_seen."""
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.tag_dir / "tokenizer"
+
+
+def resolve_tag_dir(path: str) -> Path:
+    """A tag dir, a checkpoints dir or a run dir -> the tag dir to export (following `latest`)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ExportError(f"checkpoint {path!r} does not exist; {EXPECTED}")
+    for pointer in (root / LATEST, root / "checkpoints" / LATEST):
+        if pointer.is_file():
+            tag_dir = pointer.parent / pointer.read_text().strip()
+            if not tag_dir.is_dir():
+                raise ExportError(f"{pointer} names {tag_dir.name!r}, which does not exist; {EXPECTED}")
+            return tag_dir
+    return root
+
+
+def read_checkpoint_info(tag_dir: Path) -> CheckpointInfo:
+    """Check the non-weight files of a tag dir and parse them."""
+    if not (tag_dir / COMPLETE).is_file():
+        if not any(tag_dir.glob("*model_states.pt")):
+            raise ExportError(f"{tag_dir} is not a megaconcept checkpoint; {EXPECTED}")
+        raise ExportError(f"{tag_dir} has no {COMPLETE} marker: its save did not finish; export an earlier checkpoint")
+    missing = [name for name in ("config.yaml", "trainer_state.json", "tokenizer") if not (tag_dir / name).exists()]
+    if missing:
+        raise ExportError(f"{tag_dir} lacks {', '.join(missing)}; {EXPECTED}")
+    try:
+        world_size = int(json.loads((tag_dir / COMPLETE).read_text())["world_size"])
+        run_config = yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}
+        trainer_state = json.loads((tag_dir / "trainer_state.json").read_text())
+    except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ExportError(f"{tag_dir}: unreadable COMPLETE/config.yaml/trainer_state.json ({exc})") from None
+    if not isinstance(run_config.get("model"), dict):
+        raise ExportError(f"{tag_dir / 'config.yaml'} has no `model:` section; it was not written by megaconcept")
+    return CheckpointInfo(tag_dir, world_size, run_config["model"], run_config, trainer_state)

@@ -1,0 +1,148 @@
+"""Consolidate a DeepSpeed checkpoint (ZeRO stage 0-3, any number of ranks) into one fp32 state dict on CPU,
+and refuse anything that is not exactly the native model's parameters.
+
+ZeRO-1/2/3 keep the fp32 master weights partitioned across the ranks' optimizer files; DeepSpeed's own
+`zero_to_fp32` reassembles them without a distributed run. Stage 0 keeps whole weights in the model file.
+Empty tensors (a ZeRO-3 parameter saved without being gathered) and renamed keys are the known ways an
+export goes silently wrong, so both fail loudly here with the offending names.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model import ConceptMLM, ConceptModelConfig
+from .checkpoint import CheckpointInfo, ExportError
+
+# Wrappers that rename parameters: DeepSpeed/DDP prefix the whole model with `module.`; torch.compile
+# inserts `_orig_mod.` at the level of whatever (sub)module it compiled.
+_LEADING_MODULE = re.compile(r"^(?:module\.)+")
+_ORIG_MOD = re.compile(r"(?:^|(?<=\.))_orig_mod\.")
+_UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        # DeepSpeed model files pickle configs and counters next to tensors; these are the user's own files.
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except _UNREADABLE as exc:
+        raise ExportError(f"{path} cannot be read ({_first_line(exc)}); the checkpoint is damaged") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def zero_stage(tag_dir: Path) -> int:
+    """ZeRO stage of a tag dir: 3 if per-rank model files exist, else what the saved ds_config says."""
+    if (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file():
+        return 3
+    model_file = tag_dir / "mp_rank_00_model_states.pt"
+    if not model_file.is_file():
+        raise ExportError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_00_model_states.pt or "
+                          f"zero_pp_rank_0_mp_rank_00_model_states.pt); the checkpoint is damaged")
+    ds_config = _load(model_file).get("ds_config")
+    if not isinstance(ds_config, dict):
+        return 0
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def check_rank_files(tag_dir: Path, stage: int, world_size: int) -> None:
+    """Every rank's shard must be present: zero_to_fp32 would otherwise merge a partial set silently."""
+    if any(tag_dir.glob("*mp_rank_0[1-9]*")):
+        raise ExportError(f"{tag_dir} is tensor-parallel (mp_rank_01+ files); export supports data/ZeRO parallel only")
+    expected = []
+    if stage >= 1:
+        expected += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world_size)]
+    if stage == 3:
+        expected += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)]
+    # bf16 runs prefix the optimizer shards with `bf16_`.
+    missing = [n for n in expected if not (tag_dir / n).is_file() and not (tag_dir / f"bf16_{n}").is_file()]
+    if missing:
+        raise ExportError(f"{tag_dir} was written by {world_size} ranks but lacks {', '.join(missing)}; "
+                          f"the checkpoint is incomplete or damaged")
+    # torch.save writes zip archives whose index sits at the end: a truncated copy fails this cheap check,
+    # which names the file, instead of failing deep inside DeepSpeed's loader.
+    broken = sorted(p.name for p in tag_dir.glob("*_states.pt") if not zipfile.is_zipfile(p))
+    if broken:
+        raise ExportError(f"{tag_dir}: {', '.join(broken)} truncated or corrupt (not a complete torch.save "
+                          f"archive); the checkpoint is damaged")
+
+
+def _zero_fp32_weights(tag_dir: Path) -> dict[str, torch.Tensor]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except (*_UNREADABLE, AssertionError, IndexError) as exc:
+        raise ExportError(f"{tag_dir}: DeepSpeed could not consolidate the ZeRO shards "
+                          f"({_first_line(exc)}); the checkpoint is damaged") from None
+
+
+def _stage0_weights(tag_dir: Path) -> dict[str, torch.Tensor]:
+    module = _load(tag_dir / "mp_rank_00_model_states.pt").get("module")
+    if not isinstance(module, dict):
+        raise ExportError(f"{tag_dir / 'mp_rank_00_model_states.pt'} has no `module` weights; the checkpoint is damaged")
+    low = sorted({str(t.dtype) for t in module.values() if t.is_floating_point() and t.dtype != torch.float32})
+    if low:
+        print(f"note: ZeRO-0 keeps no fp32 master copy in its model file; exporting the {', '.join(low)} weights")
+    return module
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`module.encoder.x` / `_orig_mod.encoder.x` -> `encoder.x` (canonical names only, DESIGN habit 9)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        name = _ORIG_MOD.sub("", _LEADING_MODULE.sub("", key))
+        if name in out:
+            raise ExportError(f"checkpoint holds both {key!r} and another key that also canonicalizes to {name!r}")
+        out[name] = tensor
+    return out
+
+
+def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
+    """The checkpoint's full weights: canonical names -> contiguous fp32 CPU tensors."""
+    stage = zero_stage(info.tag_dir)
+    check_rank_files(info.tag_dir, stage, info.world_size)
+    print(f"consolidating ZeRO-{stage} checkpoint {info.tag_dir} ({info.world_size} rank(s))", flush=True)
+    raw = _stage0_weights(info.tag_dir) if stage == 0 else _zero_fp32_weights(info.tag_dir)
+    weights = strip_wrapper_prefixes(raw)
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()}
+
+
+def model_config_for(info: CheckpointInfo, weights: dict[str, torch.Tensor]) -> ConceptModelConfig:
+    """The run's architecture, with the vocabulary size read off the consolidated embedding (the truth)."""
+    embed = weights.get("encoder.token_embed.weight")
+    if embed is None or embed.ndim != 2:
+        raise ExportError(f"{info.tag_dir}: no 2-D encoder.token_embed.weight among the consolidated weights")
+    try:
+        return ConceptModelConfig.from_dict({**info.model_section, "vocab_size": int(embed.shape[0])})
+    except TypeError as exc:
+        raise ExportError(f"{info.tag_dir / 'config.yaml'}: model section does not fit this exporter ({exc})") from None
+
+
+def check_against_native(weights: dict[str, torch.Tensor], cfg: ConceptModelConfig) -> None:
+    """Keys and shapes must equal `ConceptMLM(cfg).state_dict()` exactly, and no tensor may be empty."""
+    with torch.device("meta"):  # shapes only: no memory, no init cost for large vocabularies
+        native = {k: v.shape for k, v in ConceptMLM(cfg).state_dict().items()}
+    problems = []
+    empty = sorted(k for k, v in weights.items() if v.numel() == 0)
+    if empty:
+        problems.append(f"empty tensors (ZeRO-3 parameters saved without gathering): {', '.join(empty)}")
+    missing, unexpected = sorted(native.keys() - weights.keys()), sorted(weights.keys() - native.keys())
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    shapes = sorted(f"{k} {tuple(weights[k].shape)} != {tuple(s)}" for k, s in native.items()
+                    if k in weights and weights[k].numel() and weights[k].shape != s)
+    if shapes:
+        problems.append(f"shape mismatches (checkpoint != config.yaml model): {', '.join(shapes)}")
+    if problems:
+        raise ExportError("consolidated weights do not match the native model: " + "; ".join(problems))

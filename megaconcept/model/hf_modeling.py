@@ -1,0 +1,141 @@
+"""Hugging Face model classes for exported concept encoders (loaded with ``trust_remote_code=True``).
+
+The modules are built from the same classes as :class:`~.concept_mlm.ConceptMLM` and registered under the
+same names (``encoder``, ``decoder``, ``lm_head`` when untied, ``lm_bias``), so an exported
+``model.safetensors`` has exactly the native state-dict keys and needs no key mapping in either direction.
+Shipped flat in the exported folder: imports are transformers, torch and sibling files only.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+
+from .decoders import build_decoder
+from .encoder import ConceptEncoder
+from .hf_configuration import MegaconceptConfig
+
+try:
+    # transformers >= 5: init functions that skip tensors already loaded from a checkpoint.
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x only initializes missing weights, so plain torch init is safe there
+    from torch.nn import init
+
+
+class MegaconceptPreTrainedModel(PreTrainedModel):
+    """Shared HF plumbing: config class, weight init for parameters the generic init does not know."""
+
+    config_class = MegaconceptConfig
+    base_model_prefix = "megaconcept"
+    main_input_name = "input_ids"
+    _no_split_modules = ["ConceptLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Same scheme as ConceptMLM: Normal(0, init_std) for linears/embeddings/concepts, ones for norms,
+        zeros for the LM bias. Only ever reaches tensors that were not loaded from a checkpoint."""
+        super()._init_weights(module)
+        if isinstance(module, ConceptEncoder):
+            init.normal_(module.concepts, mean=0.0, std=self.config.init_std)
+        if isinstance(module, MegaconceptForMaskedLM):
+            init.zeros_(module.lm_bias)
+
+
+class MegaconceptModel(MegaconceptPreTrainedModel):
+    """The concept encoder alone: input_ids (B, N) -> concepts (B, C, D) as ``last_hidden_state``.
+
+    Loading it from an exported MLM folder drops the decoder and LM head (reported as unused weights).
+    """
+
+    def __init__(self, config: MegaconceptConfig) -> None:
+        super().__init__(config)
+        self.encoder = ConceptEncoder(config.to_model_config())
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.token_embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.token_embed = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> Union[BaseModelOutput, tuple[torch.Tensor]]:
+        """input_ids (B, N), attention_mask (B, N) 1 = real token -> concepts (B, C, D).
+
+        Extra tokenizer outputs (e.g. token_type_ids) are accepted and ignored.
+        """
+        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
+        if return_dict is False:
+            return (concepts,)
+        return BaseModelOutput(last_hidden_state=concepts)
+
+
+class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
+    """Encoder -> concepts -> decoder at every position -> full logits (B, N, V).
+
+    A tied head owns no parameter: the logits read the token embedding directly, as in the native model,
+    so there is nothing for transformers' weight-tying machinery to tie (``_tied_weights_keys`` stays None).
+    """
+
+    def __init__(self, config: MegaconceptConfig) -> None:
+        super().__init__(config)
+        cfg = config.to_model_config()
+        self.encoder = ConceptEncoder(cfg)
+        self.decoder = build_decoder(cfg)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
+        self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.token_embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.token_embed = value
+
+    def get_output_embeddings(self) -> Optional[nn.Linear]:
+        """The untied head, or None: a tied head is the input embedding itself, not a module."""
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        if self.lm_head is None:
+            raise ValueError("this model ties its LM head to the input embedding; use set_input_embeddings")
+        self.lm_head = value
+
+    def output_embedding(self) -> torch.Tensor:
+        """The LM head matrix (V, D): the token embedding when tied."""
+        return self.encoder.token_embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> Union[MaskedLMOutput, tuple[torch.Tensor, ...]]:
+        """input_ids (B, N), attention_mask (B, N), labels (B, N) with -100 = ignore -> logits (B, N, V).
+
+        Extra tokenizer outputs (e.g. token_type_ids) are accepted and ignored.
+        """
+        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+        states = self.decoder(concepts, positions)  # (B, N, D)
+        logits = F.linear(states, self.output_embedding(), self.lm_bias)  # (B, N, V)
+        loss = None
+        if labels is not None:
+            # fp32 log-softmax, as in the native chunked loss, so bf16 exports report comparable losses.
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        if return_dict is False:
+            return (logits,) if loss is None else (loss, logits)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=None, attentions=None)
+
+
+__all__ = ["MegaconceptForMaskedLM", "MegaconceptModel", "MegaconceptPreTrainedModel"]
