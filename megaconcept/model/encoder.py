@@ -37,7 +37,7 @@ class ConceptEncoder(nn.Module):
         super().__init__()
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.concept_dim)
         self.position_embed = nn.Embedding(cfg.max_position_embeddings, cfg.concept_dim)
-        self.concepts = nn.Parameter(torch.empty(cfg.num_concepts, cfg.concept_dim))
+        self.concepts = nn.Parameter(torch.randn(cfg.num_concepts, cfg.concept_dim) * cfg.init_std)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(ConceptLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.concept_dim, eps=cfg.norm_eps)
