@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,8 @@ def init_distributed() -> ParallelContext:
     """Start the process group for deepspeed/torchrun/srun launches (or a world of one)."""
     _ensure_single_process_env()
     prepare_cpu_deepspeed()
+    # DeepSpeed still calls torch's renamed collectives; the rename warning repeats every step otherwise.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     import deepspeed
 
     cuda = torch.cuda.is_available()

@@ -11,6 +11,16 @@ from ..parallel import init_distributed, shutdown
 _USER_ERRORS: tuple[type[BaseException], ...] = (DeepSpeedConfigError, FileNotFoundError, ValueError)
 
 
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error; DataLoader workers re-raise with the worker traceback inside."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def run(cfg: RunConfig, ds_config_path: str) -> int:
     ctx = init_distributed()
     from ..data.shards import ShardError
@@ -20,7 +30,7 @@ def run(cfg: RunConfig, ds_config_path: str) -> int:
     try:
         state = Trainer(cfg, ds_config_path, ctx).fit()
     except (*_USER_ERRORS, ShardError, CheckpointError) as exc:
-        print(f"error (rank {ctx.rank}): {exc}", file=sys.stderr, flush=True)
+        print(f"error (rank {ctx.rank}): {one_line(exc)}", file=sys.stderr, flush=True)
         return 2
     finally:
         shutdown()

@@ -1,0 +1,69 @@
+"""Checkpoint atomicity and pruning, with a stand-in engine (the real one is covered in tests/distributed)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from megaconcept.parallel import ParallelContext
+from megaconcept.train.checkpointer import COMPLETE, CheckpointError, Checkpointer, latest_checkpoint
+from megaconcept.train.state import TrainState
+
+CTX = ParallelContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend="gloo")
+
+
+class FakeEngine:
+    """Writes a file per save like DeepSpeed; can crash half-way."""
+
+    def __init__(self):
+        self.crash = False
+        self.loaded = None
+
+    def save_checkpoint(self, root, tag, save_latest):
+        assert save_latest is False  # `latest` is ours to move, only after every rank finished
+        path = Path(root) / tag
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "mp_rank_00_model_states.pt").write_bytes(b"x")
+        if self.crash:
+            raise KeyboardInterrupt("killed mid-save")
+
+    def load_checkpoint(self, root, tag):
+        self.loaded = tag
+        return str(Path(root) / tag), {}
+
+
+@pytest.fixture()
+def tokenizer_dir(tmp_path):
+    d = tmp_path / "tok"
+    d.mkdir()
+    (d / "tokenizer.json").write_text("{}")
+    return str(d)
+
+
+def test_crash_mid_save_keeps_latest_on_previous(tmp_path, tokenizer_dir):
+    ck, engine = Checkpointer(str(tmp_path / "run"), keep_last=2, ctx=CTX), FakeEngine()
+    ck.save(engine, TrainState(step=10, data_position={"a": 1}), "seed: 1\n", tokenizer_dir)
+    engine.crash = True
+    with pytest.raises(KeyboardInterrupt):
+        ck.save(engine, TrainState(step=20), "seed: 1\n", tokenizer_dir)
+    root = tmp_path / "run" / "checkpoints"
+    assert latest_checkpoint(root).name == "step_00000010"
+    assert not (root / "step_00000020" / COMPLETE).exists()
+    state = ck.load(engine)
+    assert engine.loaded == "step_00000010" and state.step == 10 and state.data_position == {"a": 1}
+    engine.crash = False
+    for step in (20, 30, 40):
+        ck.save(engine, TrainState(step=step), "seed: 1\n", tokenizer_dir)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000030", "step_00000040"]
+    assert (root / "step_00000040" / "tokenizer" / "tokenizer.json").is_file()
+    assert (root / "step_00000040" / "config.yaml").read_text() == "seed: 1\n"
+
+
+def test_world_size_change_is_refused(tmp_path, tokenizer_dir):
+    Checkpointer(str(tmp_path), 1, CTX).save(FakeEngine(), TrainState(step=1), "", tokenizer_dir)
+    two = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo")
+    with pytest.raises(CheckpointError, match="written by 1 processes, this run has 2"):
+        Checkpointer(str(tmp_path), 1, two).load(FakeEngine())
+
+
+def test_fresh_run_has_no_checkpoint(tmp_path):
+    assert Checkpointer(str(tmp_path), 1, CTX).load(FakeEngine()) is None
