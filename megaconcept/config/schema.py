@@ -9,37 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-
-@dataclass
-class ModelSection:
-    num_concepts: int = 32
-    """C: learned concept vectors that cross-attend to the N token states."""
-    concept_dim: int = 256
-    """Width of the concept path (and of the token path in this architecture)."""
-    num_layers: int = 2
-    """Encoder layers: concept<-token cross-attention, concept self-attention, gated MLP."""
-    num_heads: int = 4
-    """Attention heads in encoder and decoder (concept_dim must be divisible by it)."""
-    mlp_ratio: float = 2.75
-    """Gated-MLP hidden size as a multiple of concept_dim (rounded up to a multiple of 64)."""
-    decoder: str = "perceiver_mlm"
-    """Decoder registry key (see megaconcept.model.decoders.DECODERS)."""
-    decoder_layers: int = 1
-    """Decoder layers: position queries cross-attend to the concepts."""
-    max_position_embeddings: int = 512
-    """Longest sequence the learned position tables cover."""
-    vocab_size: Optional[int] = None
-    """Embedding rows; null = taken from the shards' tokenizer (mask token included)."""
-    dropout: float = 0.0
-    """Dropout on attention outputs and MLPs."""
-    tie_word_embeddings: bool = True
-    """LM head reuses the token embedding matrix."""
-    attention: str = "sdpa"
-    """Attention backend registry key: sdpa | eager."""
-    norm_eps: float = 1e-5
-    """RMSNorm epsilon."""
-    init_std: float = 0.02
-    """Std of the normal initialization of linear and embedding weights."""
+from ..model.config import ConceptModelConfig
 
 
 @dataclass
@@ -123,7 +93,7 @@ class RunConfig:
     """Everything a run writes: config.yaml, metrics.jsonl, checkpoints/."""
     seed: int = 1234
     """Seeds model init, data order, masking and dropout."""
-    model: ModelSection = field(default_factory=ModelSection)
+    model: ConceptModelConfig = field(default_factory=ConceptModelConfig)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)

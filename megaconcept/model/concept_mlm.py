@@ -30,6 +30,8 @@ class ConceptMLM(nn.Module):
 
     def __init__(self, cfg: ConceptModelConfig) -> None:
         super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("ConceptModelConfig.vocab_size is unset; take it from the tokenizer (len(tokenizer))")
         self.config = cfg
         self.encoder = ConceptEncoder(cfg)
         self.decoder = build_decoder(cfg)

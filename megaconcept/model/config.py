@@ -3,27 +3,44 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass
 class ConceptModelConfig:
-    """Architecture of a concept encoder with an MLM decoder; every field is a plain JSON value."""
+    """Architecture of a concept encoder with an MLM decoder; every field is a plain JSON value.
 
-    vocab_size: int
+    It is also the `model` section of the run config (field docstrings are the documentation).
+    """
+
+    vocab_size: Optional[int] = None
+    """Embedding rows; null = taken from the shards' tokenizer (mask token included)."""
     num_concepts: int = 32
+    """C: learned concept vectors that cross-attend to the N token states."""
     concept_dim: int = 256
+    """Width of the concept path (and of the token path in this architecture)."""
     num_layers: int = 2
+    """Encoder layers: concept<-token cross-attention, concept self-attention, gated MLP."""
     num_heads: int = 4
+    """Attention heads in encoder and decoder (concept_dim must be divisible by it)."""
     mlp_ratio: float = 2.75
+    """Gated-MLP hidden size as a multiple of concept_dim (rounded up to a multiple of 64)."""
     decoder: str = "perceiver_mlm"
+    """Decoder registry key (see megaconcept.model.decoders.DECODERS)."""
     decoder_layers: int = 1
+    """Decoder layers: position queries cross-attend to the concepts."""
     max_position_embeddings: int = 512
+    """Longest sequence the learned position tables cover."""
     dropout: float = 0.0
+    """Dropout on attention outputs and MLPs."""
     tie_word_embeddings: bool = True
+    """LM head reuses the token embedding matrix."""
     attention: str = "sdpa"
+    """Attention backend registry key: sdpa | eager."""
     norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
     init_std: float = 0.02
+    """Std of the normal initialization of linear and embedding weights."""
 
     @property
     def head_dim(self) -> int:

@@ -1,12 +1,12 @@
 """Turn config sections into the objects the trainer composes (narrow inputs, no root config)."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from ..config.schema import MaskingSection, ModelSection
+from ..config.schema import MaskingSection
 from ..model import ConceptMLM, ConceptModelConfig
 from ..objectives.masking import MaskingCollator, MaskingSpec
 
@@ -15,10 +15,9 @@ class DataModelMismatch(ValueError):
     """The shards and the model config disagree (vocabulary, sequence length)."""
 
 
-def model_config(section: ModelSection, shard_vocab: int, seq_len: int) -> ConceptModelConfig:
+def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int) -> ConceptModelConfig:
     """The architecture for these shards: vocab from the tokenizer unless set (and then checked)."""
-    values = asdict(section)
-    vocab = values.pop("vocab_size") or shard_vocab
+    vocab = section.vocab_size or shard_vocab
     if vocab < shard_vocab:
         raise DataModelMismatch(
             f"model.vocab_size={vocab} is smaller than the shards' tokenizer ({shard_vocab} ids incl. mask); "
@@ -29,7 +28,7 @@ def model_config(section: ModelSection, shard_vocab: int, seq_len: int) -> Conce
             f"shards hold samples of {seq_len} tokens but model.max_position_embeddings="
             f"{section.max_position_embeddings}; raise it to at least {seq_len}"
         )
-    return ConceptModelConfig(vocab_size=vocab, **values)
+    return replace(section, vocab_size=vocab)
 
 
 def build_model(cfg: ConceptModelConfig) -> ConceptMLM:

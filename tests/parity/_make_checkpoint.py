@@ -8,6 +8,7 @@ optimizer step (so weights differ from init), and OUT/zeroS/native.pt holding th
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -15,14 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from megaconcept.config import RunConfig, to_yaml
-from megaconcept.config.schema import ModelSection
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.parallel import init_distributed, shutdown
 from megaconcept.parallel.zero import register_tied_head
 from megaconcept.train.checkpointer import Checkpointer
 from megaconcept.train.state import TrainState
 
-SECTION = ModelSection(num_concepts=8, concept_dim=32, num_layers=2, num_heads=2, decoder_layers=1,
+SECTION = ConceptModelConfig(num_concepts=8, concept_dim=32, num_layers=2, num_heads=2, decoder_layers=1,
                        max_position_embeddings=64)
 
 
@@ -39,7 +39,7 @@ def write_one(stage: int, out: Path, tokenizer_dir: str, vocab: int, ctx) -> Non
     import deepspeed
 
     torch.manual_seed(1234)
-    cfg = ConceptModelConfig(vocab_size=vocab, **{k: v for k, v in vars(SECTION).items() if k != "vocab_size"})
+    cfg = dataclasses.replace(SECTION, vocab_size=vocab)
     model = ConceptMLM(cfg)
     register_tied_head(model, stage)
     ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
@@ -49,7 +49,7 @@ def write_one(stage: int, out: Path, tokenizer_dir: str, vocab: int, ctx) -> Non
     engine.backward(engine(ids, labels=ids).loss)
     engine.step()
 
-    run_cfg = RunConfig(run_dir=str(out), model=ModelSection(**{**vars(SECTION), "vocab_size": None}))
+    run_cfg = RunConfig(run_dir=str(out), model=SECTION)
     Checkpointer(str(out), 2, ctx).save(engine, TrainState(step=1, tokens_seen=32, samples_seen=2),
                                          to_yaml(run_cfg), tokenizer_dir)
     engine.eval()
