@@ -67,6 +67,10 @@ class TrainSection:
     """auto | bf16 | fp32 ; auto = bf16 on a GPU that supports it, fp32 otherwise."""
     log_interval: int = 10
     """Steps between metric lines (metrics.jsonl and the progress line)."""
+    backbone_lr_mult: float = 1.0
+    """Learning-rate multiplier for backbone parameters (model.encoder.backbone.*)."""
+    backbone_freeze_steps: int = 0
+    """Backbone parameters stay fixed (lr 0) for the first K optimizer steps after a warm start."""
 
 
 @dataclass

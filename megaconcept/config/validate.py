@@ -78,7 +78,23 @@ def _registries(cfg: RunConfig) -> Optional[str]:
     return None
 
 
-RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries]
+def _backbone(cfg: RunConfig) -> Optional[str]:
+    b, t = cfg.model.backbone, cfg.train
+    if b.num_layers < 0 or b.layout not in ("last", "interleaved"):
+        return f"model.backbone.num_layers={b.num_layers} must be >= 0 and layout={b.layout!r} one of last, interleaved"
+    if b.init_from and not b.enabled:
+        return "model.backbone.init_from is set but model.backbone.num_layers=0; give the backbone layers"
+    if b.source_layers is not None and len(b.source_layers) != b.num_layers:
+        return f"model.backbone.source_layers lists {len(b.source_layers)} layers, num_layers is {b.num_layers}"
+    if b.enabled and (b.hidden_size % b.num_heads or b.num_heads % b.num_kv_heads):
+        return (f"model.backbone: num_heads={b.num_heads} must divide hidden_size={b.hidden_size} and "
+                f"num_kv_heads={b.num_kv_heads} must divide num_heads")
+    if t.backbone_lr_mult <= 0 or t.backbone_freeze_steps < 0:
+        return "train.backbone_lr_mult must be > 0 and train.backbone_freeze_steps >= 0"
+    return None
+
+
+RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _backbone]
 
 
 def validate(cfg: RunConfig) -> list[str]:

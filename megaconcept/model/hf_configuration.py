@@ -8,6 +8,7 @@ config the model code is written against.
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Optional
 
 from transformers import PretrainedConfig
 
@@ -37,6 +38,7 @@ class MegaconceptConfig(PretrainedConfig):
     attention: str = "sdpa"
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    backbone: Optional[dict] = None
 
     @property
     def hidden_size(self) -> int:
@@ -50,4 +52,7 @@ class MegaconceptConfig(PretrainedConfig):
 
     def to_model_config(self) -> ConceptModelConfig:
         """The plain architecture config the model classes are built from."""
-        return ConceptModelConfig(**{f.name: getattr(self, f.name) for f in fields(ConceptModelConfig)})
+        values = {f.name: getattr(self, f.name) for f in fields(ConceptModelConfig)}
+        if values["backbone"] is None:
+            values.pop("backbone")
+        return ConceptModelConfig.from_dict(values)

@@ -42,15 +42,16 @@ def attention_backend(name: str) -> AttentionFn:
 class Attention(nn.Module):
     """Multi-head attention whose queries and keys/values may come from different sequences."""
 
-    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa") -> None:
+    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa", kv_dim: Optional[int] = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        kv_dim = kv_dim or dim  # keys/values may come from a narrower or wider sequence (token path)
         self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(kv_dim, dim, bias=False)
+        self.v_proj = nn.Linear(kv_dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
         self.attend = attention_backend(backend)
 
@@ -61,7 +62,7 @@ class Attention(nn.Module):
     def forward(
         self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """queries (B, Lq, D), keys_values (B, Lk, D), key_mask (B, Lk) bool keep -> (B, Lq, D)."""
+        """queries (B, Lq, D), keys_values (B, Lk, Dkv), key_mask (B, Lk) bool keep -> (B, Lq, D)."""
         q = self._heads(self.q_proj(queries))
         k = self._heads(self.k_proj(keys_values))
         v = self._heads(self.v_proj(keys_values))
@@ -86,11 +87,13 @@ class GatedMLP(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """Pre-norm residual cross-attention: queries read from a (normed) key/value sequence."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float, dropout: float, backend: str) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, eps: float, dropout: float, backend: str, kv_dim: Optional[int] = None
+    ) -> None:
         super().__init__()
         self.query_norm = nn.RMSNorm(dim, eps=eps)
-        self.kv_norm = nn.RMSNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, backend)
+        self.kv_norm = nn.RMSNorm(kv_dim or dim, eps=eps)
+        self.attn = Attention(dim, num_heads, backend, kv_dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config.schema import MaskingSection
 from ..model import ConceptMLM, ConceptModelConfig
+from ..model.warmstart import warm_start
 from ..objectives.masking import MaskingCollator, MaskingSpec
 
 
@@ -35,13 +36,32 @@ def build_model(cfg: ConceptModelConfig) -> ConceptMLM:
     return ConceptMLM(cfg)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only; norm weights and biases stay undecayed."""
-    decay, plain = [], []
-    for p in model.parameters():
+BACKBONE_PREFIX = "encoder.backbone."
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr_mult: float) -> list[dict]:
+    """Decay matrices only (norm weights and biases stay undecayed); backbone parameters get their own
+    lr multiplier and a `backbone` flag the schedule uses to freeze them."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else plain).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+            groups.setdefault((name.startswith(BACKBONE_PREFIX), p.ndim >= 2), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0,
+         "lr": lr * (backbone_lr_mult if backbone else 1.0), "backbone": backbone}
+        for (backbone, decay), params in sorted(groups.items())
+    ]
+
+
+def warm_start_backbone(model: ConceptMLM, is_main: bool) -> None:
+    """Load the configured source weights (before DeepSpeed partitions anything, so every ZeRO-3
+    partition is cut from loaded tensors)."""
+    backbone = model.config.backbone
+    if not backbone.init_from:
+        return
+    report = warm_start(model, backbone, backbone.init_from)
+    if is_main:
+        print(report.summary(), flush=True)
 
 
 def build_collator(section: MaskingSection, mask_token_id: int, random_vocab_size: int) -> MaskingCollator:

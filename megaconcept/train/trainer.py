@@ -14,7 +14,7 @@ from ..data.loader import build_train_stream
 from ..data.shards import read_manifest
 from ..parallel import ParallelContext
 from ..parallel.zero import register_tied_head
-from .builders import build_collator, build_model, model_config, param_groups, to_device
+from .builders import build_collator, build_model, model_config, param_groups, to_device, warm_start_backbone
 from .checkpointer import Checkpointer
 from .metrics import MetricLogger
 from .schedule import build_scheduler
@@ -34,15 +34,18 @@ class Trainer:
         self.model_cfg = model_config(cfg.model, self.manifest.vocab_size, self.manifest.seq_len)
         seed_everything(cfg.seed)
         model = build_model(self.model_cfg)
+        self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
+        if not self.checkpointer.has_checkpoint():  # a resume overwrites every weight anyway
+            warm_start_backbone(model, ctx.is_main)
         register_tied_head(model, zero_stage(self.ds_config))
         t = cfg.train
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=param_groups(model, t.weight_decay),
+            model_parameters=param_groups(model, t.weight_decay, t.lr, t.backbone_lr_mult),
             config=self.ds_config,
-            lr_scheduler=partial(build_scheduler, warmup=t.warmup_steps, total=t.max_steps, floor=t.min_lr_ratio),
+            lr_scheduler=partial(build_scheduler, warmup=t.warmup_steps, total=t.max_steps, floor=t.min_lr_ratio,
+                                 backbone_freeze_steps=t.backbone_freeze_steps),
         )
-        self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
         self.config_yaml = to_yaml(cfg)
         self.state = self.checkpointer.load(self.engine) or TrainState()
         if ctx.is_main:

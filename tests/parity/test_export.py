@@ -22,6 +22,7 @@ from megaconcept.export import __main__ as cli
 from megaconcept.export.checkpoint import ExportError
 from megaconcept.export.gather import check_against_native, strip_wrapper_prefixes
 from megaconcept.model import ConceptModelConfig
+from megaconcept.model.config import BackboneConfig
 from megaconcept.model.hf_configuration import MegaconceptConfig
 from megaconcept.model.hf_modeling import MegaconceptForMaskedLM
 
@@ -243,13 +244,16 @@ def test_native_check_names_empty_and_foreign_keys() -> None:
 
 
 def test_hf_config_mirrors_model_config() -> None:
-    native = {f.name: f.default for f in fields(ConceptModelConfig)}
+    # Scalar fields mirror one to one; the nested backbone travels as a dict (None = no backbone).
+    native = {f.name: f.default for f in fields(ConceptModelConfig) if f.name not in ("vocab_size", "backbone")}
     hf = MegaconceptConfig()
-    assert {name: getattr(hf, name) for name in native if name != "vocab_size"} == {
-        k: v for k, v in native.items() if k != "vocab_size"
-    }
+    assert {name: getattr(hf, name) for name in native} == native
+    assert hf.to_model_config().backbone == BackboneConfig()
     cfg = ConceptModelConfig(vocab_size=77, num_concepts=3, tie_word_embeddings=False)
     assert MegaconceptConfig.from_model_config(cfg).to_model_config() == cfg
+    with_backbone = ConceptModelConfig(vocab_size=77, backbone=BackboneConfig(num_layers=2, hidden_size=48, num_heads=3,
+                                                                            num_kv_heads=1, layout="interleaved"))
+    assert MegaconceptConfig.from_model_config(with_backbone).to_model_config() == with_backbone
 
 
 def test_untied_head_round_trips(tmp_path: Path) -> None:
