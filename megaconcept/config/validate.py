@@ -1,6 +1,7 @@
 """Cross-field rules of the run config. Each rule returns one line naming the keys and the fix."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 from .schema import RunConfig
@@ -78,6 +79,13 @@ def _registries(cfg: RunConfig) -> Optional[str]:
     return None
 
 
+def backbone_tensor_parallel_degree(cfg: RunConfig) -> int:
+    """Largest TP degree splitting the backbone's query and kv heads (SmolLM2: gcd(9, 3) = 3); the concept
+    heads must split the same way so one TP degree serves the whole model."""
+    b = cfg.model.backbone
+    return math.gcd(b.num_heads, b.num_kv_heads) if b.enabled else 1
+
+
 def _backbone(cfg: RunConfig) -> Optional[str]:
     b, t = cfg.model.backbone, cfg.train
     if b.num_layers < 0 or b.layout not in ("last", "interleaved"):
@@ -89,6 +97,10 @@ def _backbone(cfg: RunConfig) -> Optional[str]:
     if b.enabled and (b.hidden_size % b.num_heads or b.num_heads % b.num_kv_heads):
         return (f"model.backbone: num_heads={b.num_heads} must divide hidden_size={b.hidden_size} and "
                 f"num_kv_heads={b.num_kv_heads} must divide num_heads")
+    tp = backbone_tensor_parallel_degree(cfg)
+    if tp > 1 and cfg.model.num_heads % tp:
+        return (f"model.num_heads={cfg.model.num_heads} is not divisible by {tp}, the tensor-parallel degree the "
+                f"backbone's heads ({b.num_heads}/{b.num_kv_heads} kv) allow; use a multiple of {tp}")
     if t.backbone_lr_mult <= 0 or t.backbone_freeze_steps < 0:
         return "train.backbone_lr_mult must be > 0 and train.backbone_freeze_steps >= 0"
     return None

@@ -42,11 +42,17 @@ def test_yaml_round_trip():
         ("train.lr=-1", "train.lr=-1"),
         ("train.warmup_steps=-1", "train.warmup_steps"),
         ("noequals", "key=value"),
+        ("model.backbone.layout=zigzag", "one of last, interleaved"),
+        ("model.backbone.init_from=smollm2-gguf", "num_layers=0"),
+        ("model.backbone.num_layers=2 model.backbone.source_layers=[0]", "lists 1 layers"),
+        ("model.backbone.num_layers=2 model.backbone.num_kv_heads=2", "num_kv_heads=2 must divide num_heads"),
+        ("model.backbone.num_layers=2", "model.num_heads=4 is not divisible by 3"),
+        ("train.backbone_lr_mult=0", "train.backbone_lr_mult"),
     ],
 )
 def test_errors_are_one_line(override, fragment):
     with pytest.raises(ConfigError) as info:
-        load_config(None, [override])
+        load_config(None, override.split(" "))
     msg = str(info.value)
     assert fragment in msg and "\n" not in msg
 
