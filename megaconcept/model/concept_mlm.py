@@ -21,6 +21,22 @@ class MLMOutput(NamedTuple):
     """Mean cross-entropy over the positions when labels were given."""
 
 
+def head_weight(encoder: ConceptEncoder, lm_head: Optional[nn.Linear]) -> torch.Tensor:
+    """The LM head matrix (V, D): the token embedding when tied. Shared with the HF wrapper."""
+    return encoder.token_embed.weight if lm_head is None else lm_head.weight
+
+
+def encode_decode(
+    encoder: ConceptEncoder, decoder: nn.Module, input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor], positions: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """input_ids (B, N) -> decoded states (B, M, D) at `positions` (B, M), default all N. Shared with the HF wrapper."""
+    concepts = encoder(input_ids, attention_mask)  # (B, C, D)
+    if positions is None:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+    return decoder(concepts, positions)
+
+
 class ConceptMLM(nn.Module):
     """Encoder -> concepts -> decoder at requested positions -> states for the LM head.
 
@@ -41,7 +57,7 @@ class ConceptMLM(nn.Module):
 
     def output_embedding(self) -> torch.Tensor:
         """The LM head matrix (V, D): the token embedding when tied."""
-        return self.encoder.token_embed.weight if self.lm_head is None else self.lm_head.weight
+        return head_weight(self.encoder, self.lm_head)
 
     def forward(
         self,
@@ -52,10 +68,7 @@ class ConceptMLM(nn.Module):
         ce_chunk_size: int = 4096,
     ) -> MLMOutput:
         """input_ids (B, N); positions (B, M) to decode (default: all N); labels (B, M) -> MLMOutput."""
-        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
-        if positions is None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-        states = self.decoder(concepts, positions)  # (B, M, D)
+        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, positions)  # (B, M, D)
         if labels is None:
             return MLMOutput(states, None)
         loss = chunked_cross_entropy(

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
+from .concept_mlm import encode_decode, head_weight
 from .decoders import build_decoder
 from .encoder import ConceptEncoder
 from .hf_configuration import MegaconceptConfig
@@ -111,7 +112,7 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
 
     def output_embedding(self) -> torch.Tensor:
         """The LM head matrix (V, D): the token embedding when tied."""
-        return self.encoder.token_embed.weight if self.lm_head is None else self.lm_head.weight
+        return head_weight(self.encoder, self.lm_head)
 
     def forward(
         self,
@@ -125,9 +126,7 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
 
         Extra tokenizer outputs (e.g. token_type_ids) are accepted and ignored.
         """
-        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-        states = self.decoder(concepts, positions)  # (B, N, D)
+        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None)  # (B, N, D)
         logits = F.linear(states, self.output_embedding(), self.lm_bias)  # (B, N, V)
         loss = None
         if labels is not None:
