@@ -29,6 +29,9 @@ class ObjectiveSection:
     masking: MaskingSection = field(default_factory=MaskingSection)
     ce_chunk_size: int = 4096
     """Decoded positions per cross-entropy chunk; logits never exceed (chunk, V)."""
+    cross_entropy: str = "auto"
+    """LM-head loss: auto | chunked | liger | apex. auto = liger's fused linear cross-entropy on a GPU where
+    it imports, else the sparse chunked path; with tensor parallelism always the vocab-parallel chunked path."""
 
 
 @dataclass
@@ -71,6 +74,20 @@ class TrainSection:
     """Learning-rate multiplier for backbone parameters (model.encoder.backbone.*)."""
     backbone_freeze_steps: int = 0
     """Backbone parameters stay fixed (lr 0) for the first K optimizer steps after a warm start."""
+    activation_checkpointing: bool = False
+    """Recompute each backbone and concept layer in backward instead of keeping its activations."""
+    compile: bool = False
+    """torch.compile each backbone and concept layer (first steps are slower while it compiles)."""
+    peak_tflops: float = 0.0
+    """Dense bf16 peak of one device for MFU; 0 = looked up from the device name (unknown devices: no MFU)."""
+
+
+@dataclass
+class ParallelSection:
+    tensor: int = 1
+    """Tensor-parallel degree (megatron-core layers); must divide heads, MLP widths and the vocabulary."""
+    pipeline: int = 1
+    """Pipeline-parallel stages (DeepSpeed pipeline engine; ZeRO stage 0-1 only)."""
 
 
 @dataclass
@@ -101,5 +118,7 @@ class RunConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    """Data parallelism takes the rest: world size / (tensor * pipeline)."""
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)

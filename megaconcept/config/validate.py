@@ -25,6 +25,7 @@ def _positive(cfg: RunConfig) -> Optional[str]:
         "train.log_interval": cfg.train.log_interval, "checkpoint.interval": cfg.checkpoint.interval,
         "checkpoint.keep_last": cfg.checkpoint.keep_last, "objective.ce_chunk_size": cfg.objective.ce_chunk_size,
         "model.max_position_embeddings": cfg.model.max_position_embeddings,
+        "parallel.tensor": cfg.parallel.tensor, "parallel.pipeline": cfg.parallel.pipeline,
     }
     bad = [f"{k}={v}" for k, v in checks.items() if v <= 0]
     return f"{', '.join(bad)} must be positive" if bad else None
@@ -45,6 +46,7 @@ def _choices(cfg: RunConfig) -> Optional[str]:
     allowed = {
         "train.precision": (cfg.train.precision, ("auto", "bf16", "fp32")),
         "logging.wandb_mode": (cfg.logging.wandb_mode, ("offline", "online", "disabled")),
+        "objective.cross_entropy": (cfg.objective.cross_entropy, ("auto", "chunked", "liger", "apex")),
     }
     for key, (value, valid) in allowed.items():
         if value not in valid:
@@ -58,8 +60,8 @@ def _optimizer(cfg: RunConfig) -> Optional[str]:
         return f"train.lr={t.lr} must be > 0 and train.min_lr_ratio={t.min_lr_ratio} in [0, 1]"
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         return f"train.betas={list(t.betas)} must be two numbers in [0, 1)"
-    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0:
-        return "train.warmup_steps, train.grad_clip and train.weight_decay must be >= 0"
+    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0 or t.peak_tflops < 0:
+        return "train.warmup_steps, train.grad_clip, train.weight_decay and train.peak_tflops must be >= 0"
     return None
 
 

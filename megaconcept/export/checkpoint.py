@@ -4,7 +4,7 @@ read its metadata (architecture, counters, tokenizer path).
 Layout expected (see megaconcept/train/checkpointer.py):
     RUN_DIR/checkpoints/latest            tag of the newest complete checkpoint
     RUN_DIR/checkpoints/step_XXXXXXXX/    DeepSpeed tag dir + config.yaml, tokenizer/, trainer_state.json,
-                                          COMPLETE ({"world_size": W}, written after every rank finished)
+                                          COMPLETE ({"world_size", "tensor", "data"}, written after every rank finished)
 """
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ class CheckpointInfo:
 
     tag_dir: Path
     world_size: int
+    tensor: int
+    """Tensor-parallel degree the checkpoint was written with (its shards are merged on export)."""
+    data: int
+    """Data-parallel degree (number of ZeRO partitions per tensor-parallel rank)."""
     model_section: dict[str, Any]
     """The run config's `model:` section (architecture; vocab_size may be null = from the tokenizer)."""
     run_config: dict[str, Any]
@@ -69,11 +73,13 @@ def read_checkpoint_info(tag_dir: Path) -> CheckpointInfo:
     if missing:
         raise ExportError(f"{tag_dir} lacks {', '.join(missing)}; {EXPECTED}")
     try:
-        world_size = int(json.loads((tag_dir / COMPLETE).read_text())["world_size"])
+        layout = json.loads((tag_dir / COMPLETE).read_text())
+        world_size = int(layout["world_size"])
+        tensor, data = int(layout.get("tensor", 1)), int(layout.get("data", world_size))
         run_config = yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}
         trainer_state = json.loads((tag_dir / "trainer_state.json").read_text())
     except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise ExportError(f"{tag_dir}: unreadable COMPLETE/config.yaml/trainer_state.json ({exc})") from None
     if not isinstance(run_config.get("model"), dict):
         raise ExportError(f"{tag_dir / 'config.yaml'} has no `model:` section; it was not written by megaconcept")
-    return CheckpointInfo(tag_dir, world_size, run_config["model"], run_config, trainer_state)
+    return CheckpointInfo(tag_dir, world_size, tensor, data, run_config["model"], run_config, trainer_state)

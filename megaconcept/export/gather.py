@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from ..model import ConceptMLM, ConceptModelConfig
+from ..model.sharding import split_dim
 from .checkpoint import CheckpointInfo, ExportError
 
 # Wrappers that rename parameters: DeepSpeed/DDP prefix the whole model with `module.`; torch.compile
@@ -53,20 +55,19 @@ def zero_stage(tag_dir: Path) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
-def check_rank_files(tag_dir: Path, stage: int, world_size: int) -> None:
+def check_rank_files(tag_dir: Path, stage: int, data: int, tensor: int = 1) -> None:
     """Every rank's shard must be present: zero_to_fp32 would otherwise merge a partial set silently."""
-    if any(tag_dir.glob("*mp_rank_0[1-9]*")):
-        raise ExportError(f"{tag_dir} is tensor-parallel (mp_rank_01+ files); export supports data/ZeRO parallel only")
-    expected = []
-    if stage >= 1:
-        expected += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world_size)]
-    if stage == 3:
-        expected += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)]
+    expected = [f"mp_rank_{t:02d}_model_states.pt" for t in range(tensor)] if stage < 3 else []
+    for t in range(tensor):
+        if stage >= 1:
+            expected += [f"zero_pp_rank_{r}_mp_rank_{t:02d}_optim_states.pt" for r in range(data)]
+        if stage == 3:
+            expected += [f"zero_pp_rank_{r}_mp_rank_{t:02d}_model_states.pt" for r in range(data)]
     # bf16 runs prefix the optimizer shards with `bf16_`.
     missing = [n for n in expected if not (tag_dir / n).is_file() and not (tag_dir / f"bf16_{n}").is_file()]
     if missing:
-        raise ExportError(f"{tag_dir} was written by {world_size} ranks but lacks {', '.join(missing)}; "
-                          f"the checkpoint is incomplete or damaged")
+        raise ExportError(f"{tag_dir} was written by {data * tensor} ranks (tensor {tensor} x data {data}) but "
+                          f"lacks {', '.join(missing)}; the checkpoint is incomplete or damaged")
     # torch.save writes zip archives whose index sits at the end: a truncated copy fails this cheap check,
     # which names the file, instead of failing deep inside DeepSpeed's loader.
     broken = sorted(p.name for p in tag_dir.glob("*_states.pt") if not zipfile.is_zipfile(p))
@@ -95,6 +96,36 @@ def _stage0_weights(tag_dir: Path) -> dict[str, torch.Tensor]:
     return module
 
 
+def _rank_view(tag_dir: Path, tensor_rank: int, scratch: Path) -> Path:
+    """A tag dir holding only one tensor-parallel rank's files, renamed as rank 0's: DeepSpeed's consolidation
+    reads every *_states.pt it finds and knows nothing about tensor parallelism."""
+    view = scratch / f"mp{tensor_rank}" / tag_dir.name
+    view.mkdir(parents=True)
+    mine = f"mp_rank_{tensor_rank:02d}_"
+    for path in tag_dir.glob(f"*{mine}*_states.pt"):
+        (view / path.name.replace(mine, "mp_rank_00_")).symlink_to(path.resolve())
+    return view
+
+
+def _weights(tag_dir: Path, stage: int) -> dict[str, torch.Tensor]:
+    return strip_wrapper_prefixes(_stage0_weights(tag_dir) if stage == 0 else _zero_fp32_weights(tag_dir))
+
+
+def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate each split parameter along the dimension it was cut (megaconcept.model.sharding);
+    replicated ones are taken from rank 0 after checking the ranks agree on the key set."""
+    keys = set(shards[0])
+    for rank, shard in enumerate(shards[1:], start=1):
+        if set(shard) != keys:
+            raise ExportError(f"tensor-parallel rank {rank} holds other parameters than rank 0: "
+                              f"{sorted(set(shard) ^ keys)[:5]}; the checkpoint is damaged")
+    merged = {}
+    for name, tensor in shards[0].items():
+        dim = split_dim(name)
+        merged[name] = tensor if dim is None else torch.cat([s[name] for s in shards], dim=dim)
+    return merged
+
+
 def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`module.encoder.x` / `_orig_mod.encoder.x` -> `encoder.x` (canonical names only, DESIGN habit 9)."""
     out: dict[str, torch.Tensor] = {}
@@ -109,10 +140,14 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
 def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     """The checkpoint's full weights: canonical names -> contiguous fp32 CPU tensors."""
     stage = zero_stage(info.tag_dir)
-    check_rank_files(info.tag_dir, stage, info.world_size)
-    print(f"consolidating ZeRO-{stage} checkpoint {info.tag_dir} ({info.world_size} rank(s))", flush=True)
-    raw = _stage0_weights(info.tag_dir) if stage == 0 else _zero_fp32_weights(info.tag_dir)
-    weights = strip_wrapper_prefixes(raw)
+    check_rank_files(info.tag_dir, stage, info.data, info.tensor)
+    print(f"consolidating ZeRO-{stage} checkpoint {info.tag_dir} (tensor {info.tensor} x data {info.data})", flush=True)
+    if info.tensor == 1:
+        weights = _weights(info.tag_dir, stage)
+    else:
+        with tempfile.TemporaryDirectory(prefix="megaconcept-export-") as scratch:
+            weights = merge_tensor_parallel(
+                [_weights(_rank_view(info.tag_dir, t, Path(scratch)), stage) for t in range(info.tensor)])
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()}
 
 

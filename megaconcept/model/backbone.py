@@ -43,7 +43,6 @@ class GQAttention(nn.Module):
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
         self.head_dim = cfg.hidden_size // cfg.num_heads
         d, kv = cfg.hidden_size, cfg.num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d, d, bias=False)
@@ -54,12 +53,13 @@ class GQAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """x (B, N, D), rope cos/sin (N, Dh), key_mask (B, N) bool keep -> (B, N, D)."""
-        q = self.q_proj(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, H, N, Dh)
-        k = self.k_proj(x).unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)  # (B, Hkv, N, Dh)
-        v = self.v_proj(x).unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        # Head counts come from the projections' widths, so a tensor-parallel shard (H/T, Hkv/T heads) runs as is.
+        q = self.q_proj(x).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (B, H, N, Dh)
+        k = self.k_proj(x).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (B, Hkv, N, Dh)
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
         cos, sin = rope
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        groups = self.num_heads // self.num_kv_heads
+        groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         mask = None if key_mask is None else key_mask[:, None, None, :].bool()
         if self.causal:

@@ -11,7 +11,7 @@ from .config import ConceptModelConfig
 from .decoders import build_decoder
 from .encoder import ConceptEncoder
 from .layers import init_weights
-from .lm_loss import chunked_cross_entropy
+from .lm_loss import CrossEntropyFn, chunked_cross_entropy
 
 
 class MLMOutput(NamedTuple):
@@ -54,6 +54,8 @@ class ConceptMLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         init_weights(self, cfg.init_std)
+        # The LM-head loss; tensor parallelism (vocab-parallel) and fused kernels replace it from outside.
+        self.cross_entropy: CrossEntropyFn = chunked_cross_entropy
 
     def output_embedding(self) -> torch.Tensor:
         """The LM head matrix (V, D): the token embedding when tied."""
@@ -71,7 +73,7 @@ class ConceptMLM(nn.Module):
         states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, positions)  # (B, M, D)
         if labels is None:
             return MLMOutput(states, None)
-        loss = chunked_cross_entropy(
+        loss = self.cross_entropy(
             states.flatten(0, 1), self.output_embedding(), self.lm_bias, labels.flatten(), ce_chunk_size
         )
         return MLMOutput(states, loss)

@@ -4,14 +4,20 @@ Lives with the model (not in objectives/) because the LM head owns it and export
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
-def _chunk_loss_sum(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+ChunkLoss = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]
+"""(states (T, D), weight (V, D), bias (V,) | None, labels (T,)) -> summed loss over the T positions."""
+CrossEntropyFn = Callable[..., torch.Tensor]
+"""Signature of :func:`chunked_cross_entropy`; tensor parallelism and fused kernels swap in their own."""
+
+
+def linear_cross_entropy_sum(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     logits = F.linear(states, weight, bias).float()  # (chunk, V), fp32 for a stable log-softmax
     return F.cross_entropy(logits, labels, reduction="sum")
 
@@ -22,12 +28,14 @@ def chunked_cross_entropy(
     bias: Optional[torch.Tensor],
     labels: torch.Tensor,
     chunk_size: int = 4096,
+    chunk_loss: ChunkLoss = linear_cross_entropy_sum,
 ) -> torch.Tensor:
     """Mean CE of `states @ weight.T + bias` against labels without materializing all logits.
 
     states (T, D) decoded positions only, weight (V, D), labels (T,) -> scalar.
     Each chunk's logits are recomputed in backward (activation checkpointing), so at most one
-    (chunk_size, V) block is alive at a time in forward and backward.
+    (chunk_size, V) block is alive at a time in forward and backward. `chunk_loss` computes one chunk
+    (a vocab-parallel or fused kernel may replace the plain one).
     """
     if states.shape[0] == 0:
         raise ValueError("chunked_cross_entropy got no positions to score")
@@ -36,7 +44,7 @@ def chunked_cross_entropy(
         end = start + chunk_size
         args = (states[start:end], weight, bias, labels[start:end])
         if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, *args, use_reentrant=False)
+            total = total + checkpoint(chunk_loss, *args, use_reentrant=False)
         else:
-            total = total + _chunk_loss_sum(*args)
+            total = total + chunk_loss(*args)
     return total / states.shape[0]

@@ -5,8 +5,11 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
+
+from .layout import Layout
 
 
 @dataclass(frozen=True)
@@ -19,18 +22,26 @@ class ParallelContext:
     local_world_size: int
     device: torch.device
     backend: str
+    tensor_parallel_size: int = 1
+    tensor_parallel_rank: int = 0
+    data_parallel_size: int = 0
+    """0 = every process is a data-parallel replica (no model parallelism)."""
+    data_parallel_rank: int = -1
+    """-1 = the global rank (no model parallelism)."""
+    tensor_group: Optional[Any] = None
+    """megatron-core's tensor-parallel process group when tensor_parallel_size > 1."""
+    mpu: Optional[Any] = None
+    """Group accessors DeepSpeed takes as `mpu` when model parallelism is on."""
+
+    def __post_init__(self) -> None:
+        if self.data_parallel_size == 0:
+            object.__setattr__(self, "data_parallel_size", self.world_size)
+        if self.data_parallel_rank < 0:
+            object.__setattr__(self, "data_parallel_rank", self.rank)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def data_parallel_size(self) -> int:
-        return self.world_size
-
-    @property
-    def data_parallel_rank(self) -> int:
-        return self.rank
 
 
 def _free_port() -> int:
@@ -62,8 +73,15 @@ def prepare_cpu_deepspeed() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed() -> ParallelContext:
-    """Start the process group for deepspeed/torchrun/srun launches (or a world of one)."""
+def launch_world_size() -> int:
+    """Processes in this launch, read before any process group exists (1 for a plain `python` run)."""
+    _ensure_single_process_env()
+    return int(os.environ["WORLD_SIZE"])
+
+
+def init_distributed(layout: Optional[Layout] = None) -> ParallelContext:
+    """Start the process group for deepspeed/torchrun/srun launches (or a world of one), and megatron-core's
+    tensor-parallel groups when the layout asks for them."""
     _ensure_single_process_env()
     prepare_cpu_deepspeed()
     # DeepSpeed still calls torch's renamed collectives; the rename warning repeats every step otherwise.
@@ -83,7 +101,12 @@ def init_distributed() -> ParallelContext:
         device = torch.device("cpu")
         # Processes on one host share its cores; oversubscription makes every rank slower.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
-    return ParallelContext(rank, world, local_rank, local_world, device, backend)
+    if layout is None or layout.tensor == 1:
+        return ParallelContext(rank, world, local_rank, local_world, device, backend)
+    from .megatron import init_tensor_parallel
+
+    groups = init_tensor_parallel(layout.tensor)
+    return ParallelContext(rank, world, local_rank, local_world, device, backend, **groups)
 
 
 def barrier() -> None:
@@ -92,5 +115,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    from .megatron import destroy_tensor_parallel
+
+    destroy_tensor_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -6,7 +6,7 @@ Layout of RUN_DIR/checkpoints:
         rank_00000.pt         this rank's RNG streams and data position
         config.yaml           resolved run config
         tokenizer/            tokenizer the run trained with (export reads it from here)
-        COMPLETE              written last, after every rank finished
+        COMPLETE              written last, after every rank finished: {world_size, tensor, data}
     latest                    tag of the newest COMPLETE checkpoint (atomically replaced)
 A crash mid-save leaves `latest` on the previous checkpoint; the partial dir is removed on the next save.
 """
@@ -51,6 +51,23 @@ def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
     return path
 
 
+def layout_record(ctx: ParallelContext) -> dict[str, int]:
+    """The process layout a checkpoint was written with (the export merges tensor-parallel shards by it)."""
+    return {"world_size": ctx.world_size, "tensor": ctx.tensor_parallel_size, "data": ctx.data_parallel_size}
+
+
+def check_resumable(path: Path, saved: dict[str, int], mine: dict[str, int]) -> None:
+    """DeepSpeed restores ZeRO partitions and tensor-parallel shards only into the layout that wrote them."""
+    saved = {"tensor": 1, "data": saved["world_size"], **saved}  # checkpoints from before layouts were recorded
+    if saved == mine:
+        return
+    raise CheckpointError(
+        f"{path} was written with {saved['world_size']} processes (tensor {saved['tensor']} x data "
+        f"{saved['data']}), this run has {mine['world_size']} (tensor {mine['tensor']} x data {mine['data']}); "
+        f"resume with the same layout"
+    )
+
+
 class Checkpointer:
     """Saves and restores everything a run needs to continue bit-for-bit."""
 
@@ -78,7 +95,7 @@ class Checkpointer:
             shutil.copytree(tokenizer_dir, path / "tokenizer")
         barrier()
         if self.ctx.is_main:
-            (path / COMPLETE).write_text(json.dumps({"world_size": self.ctx.world_size}))
+            (path / COMPLETE).write_text(json.dumps(layout_record(self.ctx)))
             _atomic_write(self.root / "latest", tag)
             self._prune(keep=tag)
         barrier()
@@ -97,12 +114,7 @@ class Checkpointer:
         path = latest_checkpoint(self.root)
         if path is None:
             return None
-        saved_world = json.loads((path / COMPLETE).read_text())["world_size"]
-        if saved_world != self.ctx.world_size:
-            raise CheckpointError(
-                f"{path} was written by {saved_world} processes, this run has {self.ctx.world_size}; "
-                f"resume with the same number of processes"
-            )
+        check_resumable(path, json.loads((path / COMPLETE).read_text()), layout_record(self.ctx))
         load_path, _ = engine.load_checkpoint(str(self.root), tag=path.name)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {path}; the checkpoint is damaged")

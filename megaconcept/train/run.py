@@ -4,8 +4,10 @@ from __future__ import annotations
 import sys
 
 from ..config import RunConfig
-from ..config.deepspeed import DeepSpeedConfigError
+from ..config.deepspeed import DeepSpeedConfigError, build_deepspeed_config, zero_stage
 from ..parallel import init_distributed, shutdown
+from ..parallel.distributed import launch_world_size
+from ..parallel.layout import Layout, plan_layout
 
 # Problems a user can fix from the message alone: reported as one line instead of a traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (DeepSpeedConfigError, FileNotFoundError, ValueError)
@@ -21,9 +23,31 @@ def one_line(exc: BaseException) -> str:
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
+def preflight(cfg: RunConfig, ds_config_path: str, world_size: int) -> Layout:
+    """Everything checkable before process groups start: shards, ds_config, model vs data, parallel layout."""
+    from ..data.shards import read_manifest
+    from .builders import model_config
+
+    manifest = read_manifest(cfg.data.shards)
+    model = model_config(cfg.model, manifest.vocab_size, manifest.seq_len)
+    stage = zero_stage(build_deepspeed_config(ds_config_path, cfg.train, 1))
+    layout = plan_layout(world_size, cfg.parallel.tensor, cfg.parallel.pipeline, stage, model)
+    if layout.pipeline > 1:
+        raise ValueError("parallel.pipeline > 1 is not available in this version; use parallel.tensor and data "
+                         "parallelism")
+    return layout
+
+
 def run(cfg: RunConfig, ds_config_path: str) -> int:
-    ctx = init_distributed()
     from ..data.shards import ShardError
+
+    try:
+        layout = preflight(cfg, ds_config_path, launch_world_size())
+    except (*_USER_ERRORS, ShardError) as exc:
+        # Every rank reaches the same verdict; the launcher prints each rank's line.
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+    ctx = init_distributed(layout)
     from .checkpointer import CheckpointError
     from .trainer import Trainer
 

@@ -13,6 +13,7 @@ from ..config.deepspeed import build_deepspeed_config, zero_stage
 from ..data.loader import build_train_stream
 from ..data.shards import read_manifest
 from ..parallel import ParallelContext
+from ..parallel.tensor import apply_tensor_parallel
 from ..parallel.zero import register_tied_head
 from .builders import build_collator, build_model, model_config, param_groups, to_device, warm_start_backbone
 from .checkpointer import Checkpointer
@@ -37,10 +38,12 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
         if not self.checkpointer.has_checkpoint():  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
+        apply_tensor_parallel(model, ctx)
         register_tied_head(model, zero_stage(self.ds_config))
         t = cfg.train
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
+            mpu=ctx.mpu,
             model_parameters=param_groups(model, t.weight_decay, t.lr, t.backbone_lr_mult),
             config=self.ds_config,
             lr_scheduler=partial(build_scheduler, warmup=t.warmup_steps, total=t.max_steps, floor=t.min_lr_ratio,

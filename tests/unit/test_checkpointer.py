@@ -1,4 +1,5 @@
 """Checkpoint atomicity and pruning, with a stand-in engine (the real one is covered in tests/distributed)."""
+import json
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,19 @@ def test_crash_mid_save_keeps_latest_on_previous(tmp_path, tokenizer_dir):
 def test_world_size_change_is_refused(tmp_path, tokenizer_dir):
     Checkpointer(str(tmp_path), 1, CTX).save(FakeEngine(), TrainState(step=1), "", tokenizer_dir)
     two = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo")
-    with pytest.raises(CheckpointError, match="written by 1 processes, this run has 2"):
+    with pytest.raises(CheckpointError, match=r"written with 1 processes \(tensor 1 x data 1\), this run has 2"):
         Checkpointer(str(tmp_path), 1, two).load(FakeEngine())
+
+
+def test_tensor_parallel_change_is_refused(tmp_path, tokenizer_dir):
+    tp2 = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo", tensor_parallel_size=2, data_parallel_size=1,
+                          data_parallel_rank=0)
+    Checkpointer(str(tmp_path), 1, tp2).save(FakeEngine(), TrainState(step=1), "", tokenizer_dir)
+    saved = json.loads((tmp_path / "checkpoints" / "step_00000001" / "COMPLETE").read_text())
+    assert saved == {"world_size": 2, "tensor": 2, "data": 1}
+    dp2 = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo")
+    with pytest.raises(CheckpointError, match=r"tensor 2 x data 1\), this run has 2 \(tensor 1 x data 2"):
+        Checkpointer(str(tmp_path), 1, dp2).load(FakeEngine())
 
 
 def test_fresh_run_has_no_checkpoint(tmp_path):
