@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 
 from .layout import Layout
+from .slurm import torch_env_from_slurm
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ensure_single_process_env() -> None:
-    """Let a plain `python launchers/pretrain.py` run as a world of one, like the launchers would."""
+def _ensure_launch_env() -> None:
+    """`srun python launchers/pretrain.py` takes its ranks from SLURM; a plain `python launchers/pretrain.py`
+    runs as a world of one, like the launchers would."""
+    os.environ.update(torch_env_from_slurm(os.environ))
     if "RANK" in os.environ:
         return
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
@@ -75,14 +78,14 @@ def prepare_cpu_deepspeed() -> None:
 
 def launch_world_size() -> int:
     """Processes in this launch, read before any process group exists (1 for a plain `python` run)."""
-    _ensure_single_process_env()
+    _ensure_launch_env()
     return int(os.environ["WORLD_SIZE"])
 
 
 def init_distributed(layout: Optional[Layout] = None) -> ParallelContext:
     """Start the process group for deepspeed/torchrun/srun launches (or a world of one), and megatron-core's
     tensor-parallel groups when the layout asks for them."""
-    _ensure_single_process_env()
+    _ensure_launch_env()
     prepare_cpu_deepspeed()
     # DeepSpeed still calls torch's renamed collectives; the rename warning repeats every step otherwise.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")

@@ -57,10 +57,13 @@ def _check_world(world_size: int, tensor: int, pipeline: int) -> Optional[str]:
     if tensor < 1 or pipeline < 1:
         return f"parallel.tensor={tensor} and parallel.pipeline={pipeline} must be >= 1"
     if world_size % (tensor * pipeline):
-        fits = [t for t in _divisors(world_size) if world_size % (t * pipeline) == 0]
+        tensors = [t for t in _divisors(world_size) if world_size % (t * pipeline) == 0]
+        pipelines = [p for p in _divisors(world_size) if world_size % (tensor * p) == 0]
+        alternative = (f"parallel.tensor in {tensors} with this pipeline degree" if tensors
+                       else f"parallel.pipeline in {pipelines} with this tensor degree" if pipelines
+                       else "parallel.tensor=1 parallel.pipeline=1")
         return (f"{world_size} processes cannot be split into parallel.tensor={tensor} x parallel.pipeline="
-                f"{pipeline} groups; launch a multiple of {tensor * pipeline} processes, or use parallel.tensor "
-                f"in {fits} with this pipeline degree")
+                f"{pipeline} groups; launch a multiple of {tensor * pipeline} processes, or use {alternative}")
     return None
 
 
@@ -101,8 +104,8 @@ def plan_layout(world_size: int, tensor: int, pipeline: int, zero_stage: int, mo
 
     `model.vocab_size` must already be resolved (from the shards' tokenizer).
     """
-    for problem in (_check_world(world_size, tensor, pipeline), _check_tensor(model, tensor),
-                    _check_pipeline(model, pipeline, zero_stage)):
+    for problem in (_check_pipeline(model, pipeline, zero_stage), _check_world(world_size, tensor, pipeline),
+                    _check_tensor(model, tensor)):
         if problem:
             raise LayoutError(problem)
     return Layout(world_size, tensor, pipeline)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config.schema import MaskingSection
 from ..model import ConceptMLM, ConceptModelConfig
@@ -62,6 +64,24 @@ def warm_start_backbone(model: ConceptMLM, is_main: bool) -> None:
     report = warm_start(model, backbone, backbone.init_from)
     if is_main:
         print(report.summary(), flush=True)
+
+
+def per_layer_options(model: ConceptMLM, activation_checkpointing: bool, compile: bool) -> int:
+    """Activation checkpointing and/or torch.compile on each backbone and concept layer; returns the count.
+
+    Applied per layer by replacing the layer's forward (no wrapper module), so parameter names stay
+    canonical: no `_orig_mod.` or checkpoint-wrapper prefixes reach checkpoints.
+    """
+    backbone = model.encoder.backbone
+    layers = [*(backbone.layers if backbone is not None else []), *model.encoder.layers]
+    for layer in layers:
+        forward = torch.compile(layer.forward) if compile else layer.forward
+        if activation_checkpointing:
+            # Non-reentrant: works with ZeRO-3's gather hooks and with inputs that need no grad; the
+            # compiled forward (if any) is what gets recomputed.
+            forward = partial(checkpoint, forward, use_reentrant=False)
+        layer.forward = forward
+    return len(layers)
 
 
 def build_collator(section: MaskingSection, mask_token_id: int, random_vocab_size: int) -> MaskingCollator:

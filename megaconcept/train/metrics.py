@@ -49,10 +49,11 @@ class MetricLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            self._wandb.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+        mfu = f" | MFU {record['mfu']:.1%}" if record.get("mfu") is not None else ""
         print(
             f"step {record['step']:>6} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-            f"gnorm {record['grad_norm']:.3f} | {record['tokens_per_sec']:,.0f} tok/s",
+            f"gnorm {record['grad_norm']:.3f} | {record['tokens_per_sec']:,.0f} tok/s{mfu}",
             flush=True,
         )
 

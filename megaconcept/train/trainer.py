@@ -12,11 +12,15 @@ from ..config import RunConfig, to_yaml
 from ..config.deepspeed import build_deepspeed_config, zero_stage
 from ..data.loader import build_train_stream
 from ..data.shards import read_manifest
+from ..objectives.cross_entropy import CROSS_ENTROPY, select_cross_entropy
+from ..objectives.masking import num_targets
 from ..parallel import ParallelContext
 from ..parallel.tensor import apply_tensor_parallel
 from ..parallel.zero import register_tied_head
-from .builders import build_collator, build_model, model_config, param_groups, to_device, warm_start_backbone
+from .builders import (build_collator, build_model, model_config, param_groups, per_layer_options, to_device,
+                       warm_start_backbone)
 from .checkpointer import Checkpointer
+from .flops import count_flops, mfu, peak_flops
 from .metrics import MetricLogger
 from .schedule import build_scheduler
 from .state import TrainState, seed_everything
@@ -39,6 +43,8 @@ class Trainer:
         if not self.checkpointer.has_checkpoint():  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
         apply_tensor_parallel(model, ctx)
+        self._choose_loss(model)
+        per_layer_options(model, cfg.train.activation_checkpointing, cfg.train.compile)
         register_tied_head(model, zero_stage(self.ds_config))
         t = cfg.train
         self.engine, _, _, _ = deepspeed.initialize(
@@ -56,6 +62,18 @@ class Trainer:
             (Path(cfg.run_dir) / "config.yaml").write_text(self.config_yaml)
         self.logger = MetricLogger(cfg.run_dir, ctx.is_main, cfg.logging, _plain(cfg), self.state.step)
         self.tokens_per_step = t.micro_batch_size * t.grad_accum_steps * self.manifest.seq_len * ctx.data_parallel_size
+        seq_len = self.manifest.seq_len
+        self.flops_per_sample = count_flops(self.model_cfg, seq_len, num_targets(seq_len, cfg.objective.masking.rate)).train
+        device_name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None
+        self.peak_flops = peak_flops(device_name, t.peak_tflops)
+
+    def _choose_loss(self, model: torch.nn.Module) -> None:
+        name = select_cross_entropy(self.cfg.objective.cross_entropy, self.ctx.device.type == "cuda",
+                                    self.ctx.tensor_parallel_size > 1)
+        if name != "vocab_parallel":  # tensor parallelism installed its own
+            model.cross_entropy = CROSS_ENTROPY[name]
+        self._say(f"LM-head loss: {name}; layout: tensor {self.ctx.tensor_parallel_size} x data "
+                  f"{self.ctx.data_parallel_size}")
 
     def _stream(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         d = self.cfg.data
@@ -88,12 +106,16 @@ class Trainer:
 
     def _record(self, losses: list[float], elapsed: float) -> dict[str, Any]:
         grad_norm = self.engine.get_global_grad_norm()
+        tokens_per_sec = self.tokens_per_step * len(losses) / max(elapsed, 1e-9)
+        samples_per_sec = tokens_per_sec / self.manifest.seq_len
         return {
             **self.state.counters(),
             "loss": self._global_mean(sum(losses) / len(losses)),
             "lr": self.engine.get_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "tokens_per_sec": self.tokens_per_step * len(losses) / max(elapsed, 1e-9),
+            "tokens_per_sec": tokens_per_sec,
+            "tokens_per_sec_per_device": tokens_per_sec / self.ctx.world_size,
+            "mfu": mfu(self.flops_per_sample, samples_per_sec, self.ctx.world_size, self.peak_flops),
         }
 
     def fit(self) -> TrainState:

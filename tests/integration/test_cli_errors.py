@@ -68,3 +68,15 @@ def test_corrupt_shard_names_the_shard(tmp_path, tiny_shards, workers):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error")]
     assert len(lines) == 1 and "shard-" in lines[0] and "data_prep.shard" in lines[0], proc.stderr[-3000:]
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["parallel.tensor=2"], "1 processes cannot be split into parallel.tensor=2 x parallel.pipeline=1 groups"),
+    (["parallel.pipeline=2"], "cannot run with ZeRO stage 3 (DeepSpeed's pipeline engine supports stages 0-1); "
+                              "use --ds_config ds_configs/zero1.json"),
+])
+def test_impossible_layouts_refused_before_any_process_group(tmp_path, tiny_shards, args, fragment):
+    run_dir = tmp_path / "r"
+    line = _error_line(_pretrain(TINY + [f"data.shards={tiny_shards}", f"run_dir={run_dir}", *args]))
+    assert fragment in line
+    assert not run_dir.exists()  # nothing started, nothing written

@@ -35,6 +35,13 @@ def test_impossible_layouts_are_refused(world, tensor, pipeline, stage, model, m
         plan_layout(world, tensor, pipeline, stage, model)
 
 
+def test_world_refusal_names_a_working_degree():
+    with pytest.raises(LayoutError, match=r"or use parallel.pipeline in \[1\] with this tensor degree"):
+        plan_layout(1, 1, 2, 1, ConceptModelConfig(vocab_size=1000))
+    with pytest.raises(LayoutError, match=r"or use parallel.tensor=1 parallel.pipeline=1"):
+        plan_layout(3, 2, 2, 1, ConceptModelConfig(vocab_size=1000))
+
+
 def test_mlp_width_counts():
     # 384 * 2.75 rounds up to 1088 = 64 * 17: no TP degree but 1 (and 2^k) splits it.
     with pytest.raises(LayoutError, match=r"does not divide model.mlp_dim \(concept_dim\*mlp_ratio\)=1088"):

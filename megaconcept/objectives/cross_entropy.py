@@ -1,0 +1,74 @@
+"""LM-head cross-entropy implementations (registry keyed by `objective.cross_entropy`).
+
+All take the decoded states, never full-sequence logits: (states (T, D), weight (V, D), bias (V,), labels (T,),
+chunk_size) -> mean loss. Fused GPU kernels are used when importable; the sparse chunked path runs anywhere.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..model.lm_loss import CrossEntropyFn, chunked_cross_entropy
+
+
+def liger_cross_entropy(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        labels: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Liger's fused linear + cross-entropy (Triton): chunks internally and writes gradients in forward."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    return LigerFusedLinearCrossEntropyLoss(reduction="mean")(weight, states, labels, bias)
+
+
+def _apex_chunk_loss(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     labels: torch.Tensor) -> torch.Tensor:
+    from apex.contrib.xentropy import SoftmaxCrossEntropyLoss
+
+    logits = F.linear(states, weight, bias)  # stays in the compute dtype: the kernel accumulates in fp32
+    # (logits, labels, smoothing, padding_idx, half_to_float); -100 never occurs as a label here.
+    return SoftmaxCrossEntropyLoss.apply(logits, labels, 0.0, -100, True).sum()
+
+
+def apex_cross_entropy(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       labels: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """apex's fused softmax cross-entropy kernel inside the sparse chunked loop."""
+    return chunked_cross_entropy(states, weight, bias, labels, chunk_size, chunk_loss=_apex_chunk_loss)
+
+
+CROSS_ENTROPY: dict[str, CrossEntropyFn] = {
+    "chunked": chunked_cross_entropy, "liger": liger_cross_entropy, "apex": apex_cross_entropy,
+}
+# What each fused kernel needs: its package, and a CUDA device to run on.
+_NEEDS: dict[str, str] = {"liger": "liger_kernel", "apex": "apex.contrib.xentropy"}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def available(name: str, cuda: bool) -> bool:
+    return name == "chunked" or (cuda and _importable(_NEEDS[name]))
+
+
+def select_cross_entropy(name: str, cuda: bool, tensor_parallel: bool,
+                         importable: Callable[[str, bool], bool] = available) -> str:
+    """The implementation to use for `objective.cross_entropy=name` on this machine (auto: fastest present)."""
+    if tensor_parallel:
+        if name not in ("auto", "chunked"):
+            raise ValueError(f"objective.cross_entropy={name} cannot split the vocabulary across tensor-parallel "
+                             f"ranks; use auto or chunked (the vocab-parallel chunked path)")
+        return "vocab_parallel"
+    if name == "auto":
+        return next(n for n in ("liger", "apex", "chunked") if importable(n, cuda))
+    if name not in CROSS_ENTROPY:
+        raise ValueError(f"objective.cross_entropy={name!r} is unknown; valid: auto, {', '.join(sorted(CROSS_ENTROPY))}")
+    if not importable(name, cuda):
+        need = "a CUDA device and " if not cuda else ""
+        raise ValueError(f"objective.cross_entropy={name} needs {need}the {_NEEDS[name]} package; "
+                         f"use auto or chunked here")
+    return name

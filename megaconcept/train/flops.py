@@ -1,0 +1,98 @@
+"""Architecture-aware FLOP count and MFU for the concept encoder.
+
+Counts matrix-multiply FLOPs (2*m*n*k each) of one training sample: forward once, backward twice the
+forward (the usual 3x). Model FLOPs only, as MFU is defined: recomputation from activation checkpointing
+or the chunked loss is not counted. Norms, softmax, RoPE and element-wise ops are ignored (< 1%).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..model.config import ConceptModelConfig
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, without the 2:4 sparsity figure.
+# Order matters: the first substring found in the device name wins ("H100 PCIe" before "H100").
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("GB200", 2500.0), ("B200", 2250.0), ("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0), ("H100", 989.0), ("H800", 989.0), ("A100", 312.0), ("A800", 312.0),
+    ("L40S", 362.0), ("L40", 181.0), ("A10G", 70.0), ("A10", 125.0), ("L4", 121.0),
+)
+
+
+@dataclass(frozen=True)
+class FlopBreakdown:
+    """Forward matmul FLOPs of one sample, by part of the model."""
+
+    backbone: float
+    concept_cross: float
+    concept_self: float
+    concept_mlp: float
+    decoder: float
+    lm_head: float
+
+    @property
+    def forward(self) -> float:
+        return (self.backbone + self.concept_cross + self.concept_self + self.concept_mlp + self.decoder
+                + self.lm_head)
+
+    @property
+    def train(self) -> float:
+        """Forward + backward (2x forward) per sample."""
+        return 3.0 * self.forward
+
+
+def _mm(m: float, n: float, k: float) -> float:
+    return 2.0 * m * n * k
+
+
+def _backbone(cfg: ConceptModelConfig, n: int) -> float:
+    b = cfg.backbone
+    if not b.enabled:
+        return 0.0
+    d, kv = b.hidden_size, b.num_kv_heads * (b.hidden_size // b.num_heads)
+    projections = _mm(n, d, d) * 2 + _mm(n, d, kv) * 2  # q, o ; k, v
+    attention = _mm(n, n, d) * 2  # scores and weighted values over all query heads
+    mlp = _mm(n, d, b.intermediate_size) * 3
+    return b.num_layers * (projections + attention + mlp)
+
+
+def count_flops(cfg: ConceptModelConfig, seq_len: int, decoded: int) -> FlopBreakdown:
+    """One sample of `seq_len` tokens with `decoded` positions decoded and scored (the masked ones).
+
+    Concept layers: cross-attention costs O(C*N) (queries are the C concepts, keys/values the N tokens),
+    self-attention O(C^2); the decoder's position queries read C concepts; the LM head runs only on the
+    decoded positions (sparse decoding).
+    """
+    c, dc, dt, n, m = cfg.num_concepts, cfg.concept_dim, cfg.token_dim, seq_len, decoded
+    cross = _mm(c, dc, dc) * 2 + _mm(n, dt, dc) * 2 + _mm(c, n, dc) * 2  # q, o ; k, v of tokens ; attention
+    self_attn = _mm(c, dc, dc) * 4 + _mm(c, c, dc) * 2
+    mlp = _mm(c, dc, cfg.mlp_dim) * 3
+    dec_layer = (_mm(m, dc, dc) * 2 + _mm(c, dc, dc) * 2 + _mm(m, c, dc) * 2  # q, o ; k, v of concepts ; attn
+                 + _mm(m, dc, cfg.mlp_dim) * 3)
+    head_in = dt if cfg.tie_word_embeddings else dc
+    out_proj = _mm(m, dc, dt) if head_in != dc else 0.0
+    return FlopBreakdown(
+        backbone=_backbone(cfg, n), concept_cross=cfg.num_layers * cross, concept_self=cfg.num_layers * self_attn,
+        concept_mlp=cfg.num_layers * mlp, decoder=cfg.decoder_layers * dec_layer + out_proj,
+        lm_head=_mm(m, head_in, cfg.vocab_size or 0),
+    )
+
+
+def peak_flops(device_name: Optional[str], override_tflops: float = 0.0) -> Optional[float]:
+    """Dense bf16 peak FLOP/s of one device: the override when set, else from the name; None = unknown (CPU)."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    if not device_name:
+        return None
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in device_name:
+            return tflops * 1e12
+    return None
+
+
+def mfu(train_flops_per_sample: float, samples_per_sec: float, num_devices: int, peak: Optional[float]) -> Optional[float]:
+    """Model FLOPs utilization: achieved model FLOP/s over the devices' combined peak."""
+    if peak is None or num_devices <= 0:
+        return None
+    return train_flops_per_sample * samples_per_sec / (num_devices * peak)

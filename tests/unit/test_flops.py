@@ -1,0 +1,54 @@
+"""FLOP count against hand calculations, device peaks and MFU."""
+import pytest
+
+from megaconcept.model.config import BackboneConfig, ConceptModelConfig
+from megaconcept.train.flops import count_flops, mfu, peak_flops
+
+# C=4 concepts of width 8, 2 heads, MLP 64 (8 * 2.75 rounded up to 64), vocab 100; N=16 tokens, M=2 decoded.
+TINY = ConceptModelConfig(vocab_size=100, num_concepts=4, concept_dim=8, num_heads=2, num_layers=1, decoder_layers=1)
+
+
+def test_concept_encoder_by_hand():
+    f = count_flops(TINY, seq_len=16, decoded=2)
+    # cross-attention: q,o 2*(2*4*8*8) + k,v over the tokens 2*(2*16*8*8) + scores/values 2*(2*4*16*8)
+    assert f.concept_cross == 1024 + 4096 + 2048
+    # self-attention among concepts: 4 projections 4*(2*4*8*8) + scores/values 2*(2*4*4*8)
+    assert f.concept_self == 2048 + 512
+    assert f.concept_mlp == 3 * (2 * 4 * 8 * 64)
+    # decoder: q,o over 2 positions 2*(2*2*8*8) + k,v over 4 concepts 2*(2*4*8*8) + attention 2*(2*2*4*8) + MLP
+    assert f.decoder == 512 + 1024 + 256 + 3 * (2 * 2 * 8 * 64)
+    assert f.lm_head == 2 * 2 * 8 * 100  # only the decoded positions
+    assert f.backbone == 0
+    assert f.forward == 33152 and f.train == 3 * 33152
+
+
+def test_backbone_and_dimension_inversion_by_hand():
+    cfg = ConceptModelConfig(vocab_size=100, num_concepts=4, concept_dim=8, num_heads=2, num_layers=1,
+                             decoder_layers=1, backbone=BackboneConfig(num_layers=1, hidden_size=12, num_heads=3,
+                                                                       num_kv_heads=1, intermediate_size=16))
+    f = count_flops(cfg, seq_len=16, decoded=2)
+    # q,o 2*(2*16*12*12) + k,v (1 kv head of 4) 2*(2*16*12*4) + N^2 attention 2*(2*16*16*12) + SwiGLU 3*(2*16*12*16)
+    assert f.backbone == 9216 + 3072 + 12288 + 18432
+    assert f.concept_cross == 1024 + 2 * (2 * 16 * 12 * 8) + 2048  # keys/values read the 12-wide token states
+    assert f.decoder == 512 + 1024 + 256 + 3 * (2 * 2 * 8 * 64) + 2 * 2 * 8 * 12  # + out_proj back to 12
+    assert f.lm_head == 2 * 2 * 12 * 100
+
+
+def test_cost_grows_linearly_in_tokens_without_backbone():
+    short, long = (count_flops(ConceptModelConfig(vocab_size=100), n, 1).forward for n in (1024, 8192))
+    assert long / short < 8.0  # O(C*N): never the 64x of N^2
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0),
+])
+def test_device_peaks(name, tflops):
+    assert peak_flops(name) == tflops * 1e12
+
+
+def test_unknown_device_has_no_mfu_unless_told():
+    assert peak_flops(None) is None and peak_flops("Some CPU") is None
+    assert mfu(1e12, 10.0, 2, None) is None
+    assert peak_flops(None, override_tflops=100.0) == 100e12
+    assert mfu(1e12, 10.0, 2, 100e12) == pytest.approx(0.05)
