@@ -121,11 +121,11 @@ def _identity(manifest: Manifest) -> str:
 
 
 def _initial_state(manifest: Manifest, seed: int, rank: int, world_size: int, workers: int,
-                   shuffle: bool, micro_batch_size: int) -> dict[str, Any]:
+                   shuffle: bool, micro_batch_size: int, epoch: int = 0) -> dict[str, Any]:
     return {"version": STATE_VERSION, "shards": _identity(manifest), "seed": seed, "rank": rank,
             "world_size": world_size, "num_workers": workers, "shuffle": shuffle,
             "micro_batch_size": micro_batch_size, "next_worker": 0,
-            "workers": [{"epoch": 0, "shard": 0, "offset": 0, "batches": 0} for _ in range(workers)]}
+            "workers": [{"epoch": epoch, "shard": 0, "offset": 0, "batches": 0} for _ in range(workers)]}
 
 
 def _check_state(state: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -138,12 +138,14 @@ def _check_state(state: dict[str, Any], expected: dict[str, Any]) -> None:
 
 def build_train_stream(shard_dir: str, micro_batch_size: int, seed: int, rank: int, world_size: int,
                        num_workers: int, collate: Collate, state: Optional[dict] = None,
-                       shuffle: bool = True, verify_checksums: bool = True) -> Iterator[tuple[dict, dict]]:
+                       shuffle: bool = True, verify_checksums: bool = True,
+                       start_epoch: int = 0) -> Iterator[tuple[dict, dict]]:
     """Yield ``(collate(ids, generator), position_state)`` forever, looping over epochs.
 
     ``ids`` is a (micro_batch_size, seq_len) int64 tensor; ``generator`` a torch.Generator seeded for
     this batch (dynamic masking replays exactly). ``position_state`` is a JSON-serialisable dict for the
     position after the batch: passing it back as ``state`` continues with exactly the next batch.
+    Without a state the stream starts at the beginning of ``start_epoch``.
 
     Raises:
         ShardError: missing/malformed manifest, or a corrupt shard (names the file).
@@ -155,7 +157,7 @@ def build_train_stream(shard_dir: str, micro_batch_size: int, seed: int, rank: i
     manifest = read_manifest(shard_dir)
     workers = max(1, num_workers)
     check_split(len(manifest.shards), world_size, workers)
-    current = _initial_state(manifest, seed, rank, world_size, workers, shuffle, micro_batch_size)
+    current = _initial_state(manifest, seed, rank, world_size, workers, shuffle, micro_batch_size, start_epoch)
     if state is not None:
         _check_state(state, current)
         current = copy.deepcopy(state)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,16 +58,36 @@ def layout_record(ctx: ParallelContext) -> dict[str, int]:
     return {"world_size": ctx.world_size, "tensor": ctx.tensor_parallel_size, "data": ctx.data_parallel_size}
 
 
-def check_resumable(path: Path, saved: dict[str, int], mine: dict[str, int]) -> None:
-    """DeepSpeed restores ZeRO partitions and tensor-parallel shards only into the layout that wrote them."""
+def resume_kind(path: Path, saved: dict[str, int], mine: dict[str, int]) -> str:
+    """`same` layout, `reshard` (only the data-parallel size changed: ZeRO state is re-partitioned through
+    DeepSpeed's universal checkpoint), or a CheckpointError naming both layouts."""
     saved = {"tensor": 1, "data": saved["world_size"], **saved}  # checkpoints from before layouts were recorded
     if saved == mine:
-        return
+        return "same"
+    if saved["tensor"] == mine["tensor"] == 1:
+        return "reshard"
     raise CheckpointError(
         f"{path} was written with {saved['world_size']} processes (tensor {saved['tensor']} x data "
         f"{saved['data']}), this run has {mine['world_size']} (tensor {mine['tensor']} x data {mine['data']}); "
-        f"resume with the same layout"
+        f"only the data-parallel size may change, and only without tensor parallelism: resume with tensor "
+        f"{saved['tensor']}"
     )
+
+
+def _universal_copy(tag_dir: Path, out: Path) -> Path:
+    """DeepSpeed's universal (layout-free) form of a checkpoint, converted once by the main rank."""
+    if out.is_dir():
+        return out
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+           "--output_folder", str(tmp)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CheckpointError(f"converting {tag_dir} for a new data-parallel size failed: "
+                              f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    os.replace(tmp, out)
+    return out
 
 
 class Checkpointer:
@@ -108,17 +130,48 @@ class Checkpointer:
         for path in stale:
             if path.name != keep:
                 shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(self.root / UNIVERSAL, ignore_errors=True)  # only needed until the first new-layout save
 
-    def load(self, engine: Any) -> Optional[TrainState]:
-        """Restore the latest checkpoint into `engine` and RNG; None when the run starts fresh."""
+    def resume_kind(self) -> Optional[str]:
+        """None for a fresh run, else how the latest checkpoint is resumed (see :func:`resume_kind`).
+        Asked before the engine exists: a reshard needs DeepSpeed's `checkpoint.load_universal`."""
         path = latest_checkpoint(self.root)
         if path is None:
             return None
-        check_resumable(path, json.loads((path / COMPLETE).read_text()), layout_record(self.ctx))
-        load_path, _ = engine.load_checkpoint(str(self.root), tag=path.name)
+        return resume_kind(path, json.loads((path / COMPLETE).read_text()), layout_record(self.ctx))
+
+    def load(self, engine: Any) -> Optional[TrainState]:
+        """Restore the latest checkpoint into `engine` and RNG; None when the run starts fresh."""
+        kind = self.resume_kind()
+        if kind is None:
+            return None
+        path = latest_checkpoint(self.root)
+        load_root = self.root
+        if kind == "reshard":
+            load_root = self.root / UNIVERSAL
+            if self.ctx.is_main:
+                load_root.mkdir(exist_ok=True)
+                _universal_copy(path, load_root / path.name)
+            barrier()
+        load_path, _ = engine.load_checkpoint(str(load_root), tag=path.name)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {path}; the checkpoint is damaged")
         counters = json.loads((path / "trainer_state.json").read_text())
+        if kind == "reshard":
+            return TrainState(**counters, data_position={RESTART_EPOCH: _next_epoch(path)})
         mine = torch.load(path / f"rank_{self.ctx.rank:05d}.pt", weights_only=False)
         restore_rng(mine["rng"])
         return TrainState(**counters, data_position=mine["data_position"])
+
+
+UNIVERSAL = "universal"
+RESTART_EPOCH = "restart_epoch"
+
+
+def _next_epoch(path: Path) -> int:
+    """The data stream of a new data-parallel size starts at the first epoch no old rank had begun: shard
+    assignments depend on the rank count, so no old position maps onto a new rank. The unread rest of the
+    old ranks' current epoch is skipped, and no sample is seen twice within an epoch."""
+    epochs = [w["epoch"] for f in sorted(path.glob("rank_*.pt"))
+              for w in torch.load(f, weights_only=False)["data_position"].get("workers", [])]
+    return max(epochs, default=-1) + 1

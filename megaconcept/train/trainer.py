@@ -19,7 +19,7 @@ from ..parallel.tensor import apply_tensor_parallel
 from ..parallel.zero import register_tied_head
 from .builders import (build_collator, build_model, model_config, param_groups, per_layer_options, to_device,
                        warm_start_backbone)
-from .checkpointer import Checkpointer
+from .checkpointer import RESTART_EPOCH, Checkpointer
 from .flops import count_flops, mfu, peak_flops
 from .metrics import MetricLogger
 from .schedule import build_scheduler
@@ -46,6 +46,9 @@ class Trainer:
         self._choose_loss(model)
         per_layer_options(model, cfg.train.activation_checkpointing, cfg.train.compile)
         register_tied_head(model, zero_stage(self.ds_config))
+        if self.checkpointer.resume_kind() == "reshard":
+            # ZeRO partitions of another data-parallel size load through DeepSpeed's universal checkpoint.
+            self.ds_config["checkpoint"] = {"load_universal": True}
         t = cfg.train
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
@@ -76,12 +79,17 @@ class Trainer:
                   f"{self.ctx.data_parallel_size}")
 
     def _stream(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-        d = self.cfg.data
+        d, position = self.cfg.data, self.state.data_position
         collate = build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
+        restart = position.get(RESTART_EPOCH)
+        if restart is not None:
+            self._say(f"data-parallel size changed: the data stream restarts at epoch {restart}")
+            seed_everything(self.cfg.seed + self.state.step)  # the old ranks' RNG streams do not map either
         return build_train_stream(
             d.shards, self.cfg.train.micro_batch_size, self.cfg.seed, self.ctx.data_parallel_rank,
-            self.ctx.data_parallel_size, d.num_workers, collate, state=self.state.data_position or None,
-            shuffle=d.shuffle, verify_checksums=d.verify_checksums,
+            self.ctx.data_parallel_size, d.num_workers, collate,
+            state=None if restart is not None else position or None, shuffle=d.shuffle,
+            verify_checksums=d.verify_checksums, start_epoch=restart or 0,
         )
 
     def _train_step(self, stream: Iterator) -> float:

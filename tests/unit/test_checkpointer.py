@@ -59,11 +59,11 @@ def test_crash_mid_save_keeps_latest_on_previous(tmp_path, tokenizer_dir):
     assert (root / "step_00000040" / "config.yaml").read_text() == "seed: 1\n"
 
 
-def test_world_size_change_is_refused(tmp_path, tokenizer_dir):
+def test_data_parallel_size_change_is_a_reshard(tmp_path, tokenizer_dir):
     Checkpointer(str(tmp_path), 1, CTX).save(FakeEngine(), TrainState(step=1), "", tokenizer_dir)
     two = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo")
-    with pytest.raises(CheckpointError, match=r"written with 1 processes \(tensor 1 x data 1\), this run has 2"):
-        Checkpointer(str(tmp_path), 1, two).load(FakeEngine())
+    assert Checkpointer(str(tmp_path), 1, CTX).resume_kind() == "same"
+    assert Checkpointer(str(tmp_path), 1, two).resume_kind() == "reshard"
 
 
 def test_tensor_parallel_change_is_refused(tmp_path, tokenizer_dir):
@@ -73,7 +73,8 @@ def test_tensor_parallel_change_is_refused(tmp_path, tokenizer_dir):
     saved = json.loads((tmp_path / "checkpoints" / "step_00000001" / "COMPLETE").read_text())
     assert saved == {"world_size": 2, "tensor": 2, "data": 1}
     dp2 = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo")
-    with pytest.raises(CheckpointError, match=r"tensor 2 x data 1\), this run has 2 \(tensor 1 x data 2"):
+    with pytest.raises(CheckpointError, match=r"tensor 2 x data 1\), this run has 2 \(tensor 1 x data 2\); only the "
+                                              r"data-parallel size may change"):
         Checkpointer(str(tmp_path), 1, dp2).load(FakeEngine())
 
 
