@@ -15,6 +15,9 @@ from transformers import PretrainedConfig
 from .config import ConceptModelConfig
 
 
+_DEFAULTS = ConceptModelConfig()
+
+
 class MegaconceptConfig(PretrainedConfig):
     """Architecture of a concept encoder + MLM decoder, stored in ``config.json``.
 
@@ -24,20 +27,22 @@ class MegaconceptConfig(PretrainedConfig):
 
     model_type = "megaconcept"
 
+    # Defaults come from the plain config, the one place they are written.
+
     vocab_size: int = 32000
-    num_concepts: int = 32
-    concept_dim: int = 256
-    num_layers: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 2.75
-    decoder: str = "perceiver_mlm"
-    decoder_layers: int = 1
-    max_position_embeddings: int = 512
-    dropout: float = 0.0
-    tie_word_embeddings: bool = True
-    attention: str = "sdpa"
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    num_concepts: int = _DEFAULTS.num_concepts
+    concept_dim: int = _DEFAULTS.concept_dim
+    num_layers: int = _DEFAULTS.num_layers
+    num_heads: int = _DEFAULTS.num_heads
+    mlp_ratio: float = _DEFAULTS.mlp_ratio
+    decoder: str = _DEFAULTS.decoder
+    decoder_layers: int = _DEFAULTS.decoder_layers
+    max_position_embeddings: int = _DEFAULTS.max_position_embeddings
+    dropout: float = _DEFAULTS.dropout
+    tie_word_embeddings: bool = _DEFAULTS.tie_word_embeddings
+    attention: str = _DEFAULTS.attention
+    norm_eps: float = _DEFAULTS.norm_eps
+    init_std: float = _DEFAULTS.init_std
     backbone: Optional[dict] = None
 
     @property

@@ -26,9 +26,6 @@ class Layout:
     def data(self) -> int:
         return self.world_size // (self.tensor * self.pipeline)
 
-    def describe(self) -> str:
-        return f"{self.world_size} processes = tensor {self.tensor} x pipeline {self.pipeline} x data {self.data}"
-
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]

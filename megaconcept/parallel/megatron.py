@@ -28,9 +28,6 @@ class MegatronMPU:
     def get_model_parallel_world_size(self) -> int:
         return self._ps.get_tensor_model_parallel_world_size()
 
-    def get_tensor_model_parallel_src_rank(self) -> int:
-        return self._ps.get_tensor_model_parallel_src_rank()
-
     def __getattr__(self, name: str) -> Any:
         # get_data_parallel_*, get_tensor_model_parallel_*, get_pipeline_model_parallel_* come straight through.
         if name.startswith("get_"):

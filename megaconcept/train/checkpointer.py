@@ -98,9 +98,6 @@ class Checkpointer:
         self.keep_last = keep_last
         self.ctx = ctx
 
-    def has_checkpoint(self) -> bool:
-        return latest_checkpoint(self.root) is not None
-
     def save(self, engine: Any, state: TrainState, config_yaml: str, tokenizer_dir: str) -> Path:
         tag = tag_for(state.step)
         path = self.root / tag

@@ -40,13 +40,14 @@ class Trainer:
         seed_everything(cfg.seed)
         model = build_model(self.model_cfg)
         self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
-        if not self.checkpointer.has_checkpoint():  # a resume overwrites every weight anyway
+        resume = self.checkpointer.resume_kind()  # refuses an unresumable layout before any engine exists
+        if resume is None:  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
         apply_tensor_parallel(model, ctx)
         self._choose_loss(model)
         per_layer_options(model, cfg.train.activation_checkpointing, cfg.train.compile)
         register_tied_head(model, zero_stage(self.ds_config))
-        if self.checkpointer.resume_kind() == "reshard":
+        if resume == "reshard":
             # ZeRO partitions of another data-parallel size load through DeepSpeed's universal checkpoint.
             self.ds_config["checkpoint"] = {"load_universal": True}
         t = cfg.train
