@@ -71,9 +71,9 @@ class TrainSection:
     log_interval: int = 10
     """Steps between metric lines (metrics.jsonl and the progress line)."""
     backbone_lr_mult: float = 1.0
-    """Learning-rate multiplier for backbone parameters (model.encoder.backbone.*)."""
+    """Learning-rate multiplier for the token path: backbone layers and the token embedding (what a warm start loads)."""
     backbone_freeze_steps: int = 0
-    """Backbone parameters stay fixed (lr 0) for the first K optimizer steps after a warm start."""
+    """The token path (backbone and token embedding) stays fixed (lr 0) for the first K optimizer steps."""
     activation_checkpointing: bool = False
     """Recompute each backbone and concept layer in backward instead of keeping its activations."""
     compile: bool = False

@@ -4,7 +4,8 @@ read its metadata (architecture, counters, tokenizer path).
 Layout expected (see megaconcept/train/checkpointer.py):
     RUN_DIR/checkpoints/latest            tag of the newest complete checkpoint
     RUN_DIR/checkpoints/step_XXXXXXXX/    DeepSpeed tag dir + config.yaml, tokenizer/, trainer_state.json,
-                                          COMPLETE ({"world_size", "tensor", "data"}, written after every rank finished)
+                                          COMPLETE ({"world_size", "tensor", "pipeline", "data"}, written after every
+                                          rank finished); pipeline runs add per-layer files + pipeline_layers.json
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import yaml
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
+PIPELINE_LAYERS = "pipeline_layers.json"
+"""Pipeline checkpoints: {layer index: {key in that layer's file: plain parameter name}}."""
 EXPECTED = (
     "expected a checkpoint tag dir (step_XXXXXXXX/ holding COMPLETE, config.yaml, tokenizer/ and DeepSpeed "
     "*_model_states.pt files), or a run dir / checkpoints dir with a `latest` file"
@@ -37,6 +40,8 @@ class CheckpointInfo:
     """Tensor-parallel degree the checkpoint was written with (its shards are merged on export)."""
     data: int
     """Data-parallel degree (number of ZeRO partitions per tensor-parallel rank)."""
+    pipeline: int
+    """Pipeline-parallel degree: > 1 means per-layer files named by PIPELINE_LAYERS."""
     model_section: dict[str, Any]
     """The run config's `model:` section (architecture; vocab_size may be null = from the tokenizer)."""
     run_config: dict[str, Any]
@@ -76,10 +81,13 @@ def read_checkpoint_info(tag_dir: Path) -> CheckpointInfo:
         layout = json.loads((tag_dir / COMPLETE).read_text())
         world_size = int(layout["world_size"])
         tensor, data = int(layout.get("tensor", 1)), int(layout.get("data", world_size))
+        pipeline = int(layout.get("pipeline", 1))
         run_config = yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}
         trainer_state = json.loads((tag_dir / "trainer_state.json").read_text())
     except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise ExportError(f"{tag_dir}: unreadable COMPLETE/config.yaml/trainer_state.json ({exc})") from None
     if not isinstance(run_config.get("model"), dict):
         raise ExportError(f"{tag_dir / 'config.yaml'} has no `model:` section; it was not written by megaconcept")
-    return CheckpointInfo(tag_dir, world_size, tensor, data, run_config["model"], run_config, trainer_state)
+    if pipeline > 1 and not (tag_dir / PIPELINE_LAYERS).is_file():
+        raise ExportError(f"{tag_dir} was written by a pipeline but lacks {PIPELINE_LAYERS}; the checkpoint is damaged")
+    return CheckpointInfo(tag_dir, world_size, tensor, data, pipeline, run_config["model"], run_config, trainer_state)

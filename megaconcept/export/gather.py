@@ -8,6 +8,7 @@ export goes silently wrong, so both fail loudly here with the offending names.
 """
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import tempfile
@@ -19,7 +20,7 @@ import torch
 
 from ..model import ConceptMLM, ConceptModelConfig
 from ..model.sharding import split_dim
-from .checkpoint import CheckpointInfo, ExportError
+from .checkpoint import PIPELINE_LAYERS, CheckpointInfo, ExportError
 
 # Wrappers that rename parameters: DeepSpeed/DDP prefix the whole model with `module.`; torch.compile
 # inserts `_orig_mod.` at the level of whatever (sub)module it compiled.
@@ -137,12 +138,42 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
+_LAYER_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
+
+
+def _pipeline_weights(info: CheckpointInfo) -> dict[str, torch.Tensor]:
+    """Per-layer files of a pipeline checkpoint, renamed to plain names and merged across tensor ranks.
+
+    DeepSpeed's pipeline engine saves each layer's whole weights (ZeRO-1 partitions only optimizer state).
+    """
+    names = {int(k): v for k, v in json.loads((info.tag_dir / PIPELINE_LAYERS).read_text()).items()}
+    files = {(int(m[1]), int(m[2])): p for p in info.tag_dir.iterdir() if (m := _LAYER_FILE.match(p.name))}
+    missing = [f"layer_{i:02d}-model_{t:02d}-model_states.pt" for i in sorted(names) for t in range(info.tensor)
+               if (i, t) not in files]
+    if missing:
+        raise ExportError(f"{info.tag_dir} lacks {', '.join(missing)}; the checkpoint is incomplete or damaged")
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(info.tensor)]
+    for (index, tensor_rank), path in sorted(files.items()):
+        for key, value in _load(path).items():
+            if key not in names.get(index, {}):
+                raise ExportError(f"{path.name} holds {key!r}, which {PIPELINE_LAYERS} does not name; the checkpoint is damaged")
+            shards[tensor_rank][names[index][key]] = value
+    low = sorted({str(t.dtype) for t in shards[0].values() if t.is_floating_point() and t.dtype != torch.float32})
+    if low:
+        print(f"note: pipeline layer files hold the {', '.join(low)} training weights; exporting those")
+    return shards[0] if info.tensor == 1 else merge_tensor_parallel(shards)
+
+
 def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     """The checkpoint's full weights: canonical names -> contiguous fp32 CPU tensors."""
     stage = zero_stage(info.tag_dir)
-    check_rank_files(info.tag_dir, stage, info.data, info.tensor)
-    print(f"consolidating ZeRO-{stage} checkpoint {info.tag_dir} (tensor {info.tensor} x data {info.data})", flush=True)
-    if info.tensor == 1:
+    # A pipeline's stages save as further model-parallel ranks next to the tensor-parallel ones.
+    check_rank_files(info.tag_dir, stage, info.data, info.tensor * info.pipeline)
+    print(f"consolidating ZeRO-{stage} checkpoint {info.tag_dir} (tensor {info.tensor} x pipeline {info.pipeline} "
+          f"x data {info.data})", flush=True)
+    if info.pipeline > 1:
+        weights = _pipeline_weights(info)
+    elif info.tensor == 1:
         weights = _weights(info.tag_dir, stage)
     else:
         with tempfile.TemporaryDirectory(prefix="megaconcept-export-") as scratch:

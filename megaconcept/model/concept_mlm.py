@@ -73,10 +73,12 @@ class ConceptMLM(nn.Module):
         states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, positions)  # (B, M, D)
         if labels is None:
             return MLMOutput(states, None)
-        loss = self.cross_entropy(
-            states.flatten(0, 1), self.output_embedding(), self.lm_bias, labels.flatten(), ce_chunk_size
-        )
-        return MLMOutput(states, loss)
+        return MLMOutput(states, self.lm_loss(states, labels, ce_chunk_size))
+
+    def lm_loss(self, states: torch.Tensor, labels: torch.Tensor, ce_chunk_size: int = 4096) -> torch.Tensor:
+        """states (B, M, D), labels (B, M) -> mean cross-entropy; the LM head runs chunk by chunk inside."""
+        return self.cross_entropy(states.flatten(0, 1), self.output_embedding(), self.lm_bias, labels.flatten(),
+                                  ce_chunk_size)
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """states (..., D) -> logits (..., V). Only for small inputs (inference, export)."""

@@ -25,6 +25,9 @@ class ParallelContext:
     backend: str
     tensor_parallel_size: int = 1
     tensor_parallel_rank: int = 0
+    pipeline_parallel_size: int = 1
+    pipeline_rank: int = 0
+    """This process's pipeline stage."""
     data_parallel_size: int = 0
     """0 = every process is a data-parallel replica (no model parallelism)."""
     data_parallel_rank: int = -1
@@ -104,12 +107,17 @@ def init_distributed(layout: Optional[Layout] = None) -> ParallelContext:
         device = torch.device("cpu")
         # Processes on one host share its cores; oversubscription makes every rank slower.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
-    if layout is None or layout.tensor == 1:
-        return ParallelContext(rank, world, local_rank, local_world, device, backend)
-    from .megatron import init_tensor_parallel
+    layout = layout or Layout(world)
+    pipe, data, tensor = layout.coordinates(rank)
+    coords = {"tensor_parallel_size": layout.tensor, "tensor_parallel_rank": tensor,
+              "pipeline_parallel_size": layout.pipeline, "pipeline_rank": pipe,
+              "data_parallel_size": layout.data, "data_parallel_rank": data}
+    groups: dict[str, Any] = {}
+    if layout.tensor > 1:
+        from .megatron import init_tensor_parallel
 
-    groups = init_tensor_parallel(layout.tensor)
-    return ParallelContext(rank, world, local_rank, local_world, device, backend, **groups)
+        groups = init_tensor_parallel(layout.tensor, layout.pipeline, coords)
+    return ParallelContext(rank, world, local_rank, local_world, device, backend, **coords, **groups)
 
 
 def barrier() -> None:

@@ -26,6 +26,12 @@ class Layout:
     def data(self) -> int:
         return self.world_size // (self.tensor * self.pipeline)
 
+    def coordinates(self, rank: int) -> tuple[int, int, int]:
+        """(pipeline stage, data-parallel rank, tensor-parallel rank) of a global rank. Tensor ranks are
+        consecutive, then data, then pipeline: the order of both megatron-core ("tp-dp-pp") and DeepSpeed's
+        pipe/data/model topology, so their groups coincide."""
+        return rank // (self.tensor * self.data), (rank // self.tensor) % self.data, rank % self.tensor
+
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -85,9 +91,10 @@ def _check_tensor(model: ConceptModelConfig, tensor: int) -> Optional[str]:
 def _check_pipeline(model: ConceptModelConfig, pipeline: int, zero_stage: int) -> Optional[str]:
     if pipeline == 1:
         return None
-    if zero_stage > 1:
-        return (f"parallel.pipeline={pipeline} cannot run with ZeRO stage {zero_stage} (DeepSpeed's pipeline "
-                f"engine supports stages 0-1); use --ds_config ds_configs/zero1.json")
+    if zero_stage != 1:
+        # DeepSpeed's pipeline engine rejects ZeRO-2/3, and its bf16 ZeRO-0 checkpoints fail to load.
+        return (f"parallel.pipeline={pipeline} cannot run with ZeRO stage {zero_stage} (pipelines run with "
+                f"ZeRO-1); use --ds_config ds_configs/zero1.json")
     units = pipeline_units(model)
     if pipeline > units:
         return (f"parallel.pipeline={pipeline} stages but the model has only {units} layers to place "

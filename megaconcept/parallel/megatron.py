@@ -35,19 +35,18 @@ class MegatronMPU:
         raise AttributeError(name)
 
 
-def init_tensor_parallel(tensor: int) -> dict[str, Any]:
-    """Create megatron-core's groups (tensor-parallel ranks are consecutive) and describe this rank."""
+def init_tensor_parallel(tensor: int, pipeline: int, coords: dict[str, int]) -> dict[str, Any]:
+    """Create megatron-core's groups (tensor ranks consecutive, then data, then pipeline) and check they place
+    this rank where the layout does (DeepSpeed's pipeline topology assumes the same order)."""
     from megatron.core import parallel_state as ps
 
-    ps.initialize_model_parallel(tensor_model_parallel_size=tensor)
-    return {
-        "tensor_parallel_size": ps.get_tensor_model_parallel_world_size(),
-        "tensor_parallel_rank": ps.get_tensor_model_parallel_rank(),
-        "data_parallel_size": ps.get_data_parallel_world_size(),
-        "data_parallel_rank": ps.get_data_parallel_rank(),
-        "tensor_group": ps.get_tensor_model_parallel_group(),
-        "mpu": MegatronMPU(),
-    }
+    ps.initialize_model_parallel(tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline)
+    theirs = {"tensor_parallel_rank": ps.get_tensor_model_parallel_rank(),
+              "pipeline_rank": ps.get_pipeline_model_parallel_rank(),
+              "data_parallel_rank": ps.get_data_parallel_rank(), "data_parallel_size": ps.get_data_parallel_world_size()}
+    if any(coords[k] != v for k, v in theirs.items()):
+        raise RuntimeError(f"megatron-core placed this rank at {theirs}, the layout at {coords}")
+    return {"tensor_group": ps.get_tensor_model_parallel_group(), "mpu": MegatronMPU()}
 
 
 def destroy_tensor_parallel() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -38,21 +39,46 @@ def build_model(cfg: ConceptModelConfig) -> ConceptMLM:
     return ConceptMLM(cfg)
 
 
-BACKBONE_PREFIX = "encoder.backbone."
+# The token path: what a warm start loads (backbone layers and the token embedding, which the tied LM head
+# shares). It gets the backbone lr multiplier and freeze as one unit: a pretrained embedding trained at the
+# concept layers' full lr drifts away from the backbone that reads it within a few hundred steps.
+TOKEN_PATH_PREFIXES = ("encoder.backbone.", "encoder.token_embed.")
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr_mult: float) -> list[dict]:
-    """Decay matrices only (norm weights and biases stay undecayed); backbone parameters get their own
-    lr multiplier and a `backbone` flag the schedule uses to freeze them."""
+def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float, lr: float,
+                 backbone_lr_mult: float) -> list[dict]:
+    """Decay matrices only (norm weights and biases stay undecayed); token-path parameters (backbone and
+    token embedding) get the backbone lr multiplier and a `backbone` flag the schedule uses to freeze them.
+    Names are the plain model's (a pipeline stage passes its parameters under their canonical names)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
+    for name, p in named_parameters:
         if p.requires_grad:
-            groups.setdefault((name.startswith(BACKBONE_PREFIX), p.ndim >= 2), []).append(p)
+            groups.setdefault((name.startswith(TOKEN_PATH_PREFIXES), p.ndim >= 2), []).append(p)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0,
          "lr": lr * (backbone_lr_mult if backbone else 1.0), "backbone": backbone}
         for (backbone, decay), params in sorted(groups.items())
     ]
+
+
+def split_groups(groups: list[dict], count: int) -> list[dict]:
+    """`groups` split (largest first, halves with the same settings) into `count` groups.
+
+    Pipeline stages hold different parameters, hence different numbers of groups, but DeepSpeed's optimizer
+    reduces the gradient norm across stages once per group: the counts must match or the step deadlocks.
+    Splitting a group changes no update and no global norm (that combines every group's squares anyway).
+    """
+    groups = list(groups)
+    while len(groups) < count:
+        largest = max(range(len(groups)), key=lambda i: len(groups[i]["params"]))
+        params = groups[largest]["params"]
+        if len(params) < 2:
+            raise ValueError(f"cannot form {count} optimizer groups from {len(groups)} on this pipeline stage; "
+                             f"use fewer pipeline stages")
+        half = len(params) // 2
+        groups[largest:largest + 1] = [{**groups[largest], "params": params[:half]},
+                                       {**groups[largest], "params": params[half:]}]
+    return groups
 
 
 def warm_start_backbone(model: ConceptMLM, is_main: bool) -> None:

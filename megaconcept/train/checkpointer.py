@@ -6,7 +6,7 @@ Layout of RUN_DIR/checkpoints:
         rank_00000.pt         this rank's RNG streams and data position
         config.yaml           resolved run config
         tokenizer/            tokenizer the run trained with (export reads it from here)
-        COMPLETE              written last, after every rank finished: {world_size, tensor, data}
+        COMPLETE              written last, after every rank finished: {world_size, tensor, pipeline, data}
     latest                    tag of the newest COMPLETE checkpoint (atomically replaced)
 A crash mid-save leaves `latest` on the previous checkpoint; the partial dir is removed on the next save.
 """
@@ -55,22 +55,28 @@ def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
 
 def layout_record(ctx: ParallelContext) -> dict[str, int]:
     """The process layout a checkpoint was written with (the export merges tensor-parallel shards by it)."""
-    return {"world_size": ctx.world_size, "tensor": ctx.tensor_parallel_size, "data": ctx.data_parallel_size}
+    return {"world_size": ctx.world_size, "tensor": ctx.tensor_parallel_size,
+            "pipeline": ctx.pipeline_parallel_size, "data": ctx.data_parallel_size}
+
+
+def _describe(layout: dict[str, int]) -> str:
+    return (f"{layout['world_size']} processes (tensor {layout['tensor']} x pipeline {layout['pipeline']} x "
+            f"data {layout['data']})")
 
 
 def resume_kind(path: Path, saved: dict[str, int], mine: dict[str, int]) -> str:
     """`same` layout, `reshard` (only the data-parallel size changed: ZeRO state is re-partitioned through
     DeepSpeed's universal checkpoint), or a CheckpointError naming both layouts."""
-    saved = {"tensor": 1, "data": saved["world_size"], **saved}  # checkpoints from before layouts were recorded
+    # Checkpoints from before layouts (or pipelines) were recorded were pure data parallel.
+    saved = {"tensor": 1, "pipeline": 1, "data": saved["world_size"], **saved}
     if saved == mine:
         return "same"
-    if saved["tensor"] == mine["tensor"] == 1:
+    if saved["tensor"] == mine["tensor"] == 1 and saved["pipeline"] == mine["pipeline"] == 1:
         return "reshard"
     raise CheckpointError(
-        f"{path} was written with {saved['world_size']} processes (tensor {saved['tensor']} x data "
-        f"{saved['data']}), this run has {mine['world_size']} (tensor {mine['tensor']} x data {mine['data']}); "
-        f"only the data-parallel size may change, and only without tensor parallelism: resume with tensor "
-        f"{saved['tensor']}"
+        f"{path} was written with {_describe(saved)}, this run has {_describe(mine)}; only the data-parallel "
+        f"size may change, and only without tensor or pipeline parallelism: resume with tensor "
+        f"{saved['tensor']} x pipeline {saved['pipeline']} on {saved['world_size']} processes"
     )
 
 
@@ -98,7 +104,9 @@ class Checkpointer:
         self.keep_last = keep_last
         self.ctx = ctx
 
-    def save(self, engine: Any, state: TrainState, config_yaml: str, tokenizer_dir: str) -> Path:
+    def save(self, engine: Any, state: TrainState, config_yaml: str, tokenizer_dir: str,
+             extra_files: Optional[dict[str, str]] = None) -> Path:
+        """Save everything; `extra_files` (name -> text) are written by the main rank next to config.yaml."""
         tag = tag_for(state.step)
         path = self.root / tag
         if self.ctx.is_main:
@@ -111,6 +119,8 @@ class Checkpointer:
         if self.ctx.is_main:
             (path / "trainer_state.json").write_text(json.dumps(state.counters(), indent=2))
             (path / "config.yaml").write_text(config_yaml)
+            for name, text in (extra_files or {}).items():
+                (path / name).write_text(text)
             shutil.copytree(tokenizer_dir, path / "tokenizer")
         barrier()
         if self.ctx.is_main:

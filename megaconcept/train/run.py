@@ -31,11 +31,7 @@ def preflight(cfg: RunConfig, ds_config_path: str, world_size: int) -> Layout:
     manifest = read_manifest(cfg.data.shards)
     model = model_config(cfg.model, manifest.vocab_size, manifest.seq_len)
     stage = zero_stage(build_deepspeed_config(ds_config_path, cfg.train, 1))
-    layout = plan_layout(world_size, cfg.parallel.tensor, cfg.parallel.pipeline, stage, model)
-    if layout.pipeline > 1:
-        raise ValueError("parallel.pipeline > 1 is not available in this version; use parallel.tensor and data "
-                         "parallelism")
-    return layout
+    return plan_layout(world_size, cfg.parallel.tensor, cfg.parallel.pipeline, stage, model)
 
 
 def run(cfg: RunConfig, ds_config_path: str) -> int:

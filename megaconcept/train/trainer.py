@@ -1,6 +1,7 @@
 """The training loop, composed of a checkpointer, a metric logger and a resumable data stream."""
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 from pathlib import Path
@@ -15,10 +16,12 @@ from ..data.shards import read_manifest
 from ..objectives.cross_entropy import CROSS_ENTROPY, select_cross_entropy
 from ..objectives.masking import num_targets
 from ..parallel import ParallelContext
+from ..export.checkpoint import PIPELINE_LAYERS
+from ..parallel.pipeline import build_pipeline, canonical_names, layer_names, pipeline_layers, split_micro_batch
 from ..parallel.tensor import apply_tensor_parallel
 from ..parallel.zero import register_tied_head
-from .builders import (build_collator, build_model, model_config, param_groups, per_layer_options, to_device,
-                       warm_start_backbone)
+from .builders import (build_collator, build_model, model_config, param_groups, per_layer_options, split_groups,
+                       to_device, warm_start_backbone)
 from .checkpointer import RESTART_EPOCH, Checkpointer
 from .flops import count_flops, mfu, peak_flops
 from .metrics import MetricLogger
@@ -40,6 +43,7 @@ class Trainer:
         seed_everything(cfg.seed)
         model = build_model(self.model_cfg)
         self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
+        self.checkpoint_files: dict[str, str] = {}
         resume = self.checkpointer.resume_kind()  # refuses an unresumable layout before any engine exists
         if resume is None:  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
@@ -50,11 +54,12 @@ class Trainer:
         if resume == "reshard":
             # ZeRO partitions of another data-parallel size load through DeepSpeed's universal checkpoint.
             self.ds_config["checkpoint"] = {"load_universal": True}
+        module, named = self._engine_module(model)
         t = cfg.train
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            mpu=ctx.mpu,
-            model_parameters=param_groups(model, t.weight_decay, t.lr, t.backbone_lr_mult),
+            model=module,
+            mpu=None if self.pipelined else ctx.mpu,  # a pipeline brings its own process grid
+            model_parameters=self._optimizer_groups(named),
             config=self.ds_config,
             lr_scheduler=partial(build_scheduler, warmup=t.warmup_steps, total=t.max_steps, floor=t.min_lr_ratio,
                                  backbone_freeze_steps=t.backbone_freeze_steps),
@@ -71,13 +76,39 @@ class Trainer:
         device_name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None
         self.peak_flops = peak_flops(device_name, t.peak_tflops)
 
+    @property
+    def pipelined(self) -> bool:
+        return self.ctx.pipeline_parallel_size > 1
+
+    def _engine_module(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list[tuple[str, torch.nn.Parameter]]]:
+        """What DeepSpeed wraps: the model, or this rank's pipeline stage of it; with its trainable parameters
+        under their plain names."""
+        if not self.pipelined:
+            return model, list(model.named_parameters())
+        pipe = build_pipeline(model, self.ctx, self.cfg.objective.ce_chunk_size)
+        # Activations cross stages as several tensors; DeepSpeed's TP partitioning of them assumes one.
+        self.ds_config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
+        # Which plain parameter each layer file holds: the export reads it instead of knowing the layer order.
+        self.checkpoint_files[PIPELINE_LAYERS] = json.dumps(layer_names(model, pipeline_layers(model)), indent=1)
+        names = canonical_names(model, pipe)
+        return pipe, [(names[n], p) for n, p in pipe.named_parameters()]
+
+    def _optimizer_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
+        t = self.cfg.train
+        groups = param_groups(named, t.weight_decay, t.lr, t.backbone_lr_mult)
+        if not self.pipelined:
+            return groups
+        most = torch.tensor([len(groups)])
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        return split_groups(groups, int(most.item()))
+
     def _choose_loss(self, model: torch.nn.Module) -> None:
         name = select_cross_entropy(self.cfg.objective.cross_entropy, self.ctx.device.type == "cuda",
                                     self.ctx.tensor_parallel_size > 1)
         if name != "vocab_parallel":  # tensor parallelism installed its own
             model.cross_entropy = CROSS_ENTROPY[name]
-        self._say(f"LM-head loss: {name}; layout: tensor {self.ctx.tensor_parallel_size} x data "
-                  f"{self.ctx.data_parallel_size}")
+        self._say(f"LM-head loss: {name}; layout: tensor {self.ctx.tensor_parallel_size} x pipeline "
+                  f"{self.ctx.pipeline_parallel_size} x data {self.ctx.data_parallel_size}")
 
     def _stream(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         d, position = self.cfg.data, self.state.data_position
@@ -95,6 +126,8 @@ class Trainer:
 
     def _train_step(self, stream: Iterator) -> float:
         """One optimizer step over grad_accum_steps micro-batches; returns the mean loss on this rank."""
+        if self.pipelined:
+            return self._pipeline_step(stream)
         total = 0.0
         for _ in range(self.cfg.train.grad_accum_steps):
             batch, position = next(stream)
@@ -103,10 +136,24 @@ class Trainer:
             self.engine.step()
             total += out.loss.detach().float().item()
             self.state.data_position = position
+        self._count_step()
+        return total / self.cfg.train.grad_accum_steps
+
+    def _pipeline_step(self, stream: Iterator) -> float:
+        """The engine runs the micro-batches through the stages itself (1F1B). Every stage reads the same
+        stream, so data positions stay in step on all ranks; the first uses inputs, the last labels."""
+        micro = []
+        for _ in range(self.cfg.train.grad_accum_steps):
+            batch, self.state.data_position = next(stream)
+            micro.append(split_micro_batch(batch))
+        loss = self.engine.train_batch(data_iter=iter(micro))  # mean over micro-batches and data-parallel ranks
+        self._count_step()
+        return float(loss)
+
+    def _count_step(self) -> None:
         self.state.step += 1
         self.state.tokens_seen += self.tokens_per_step
         self.state.samples_seen += self.tokens_per_step // self.manifest.seq_len
-        return total / self.cfg.train.grad_accum_steps
 
     def _global_mean(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self.ctx.device)
@@ -141,7 +188,8 @@ class Trainer:
                 self.logger.log(self._record(losses, time.perf_counter() - tick))
                 losses, tick = [], time.perf_counter()
             if self.state.step % ck.interval == 0 or self.state.step == t.max_steps:
-                path = self.checkpointer.save(self.engine, self.state, self.config_yaml, self.tokenizer_dir)
+                path = self.checkpointer.save(self.engine, self.state, self.config_yaml, self.tokenizer_dir,
+                                              self.checkpoint_files)
                 self._say(f"checkpoint {path}")
                 tick = time.perf_counter()
         self.logger.close()

@@ -72,7 +72,7 @@ def test_corrupt_shard_names_the_shard(tmp_path, tiny_shards, workers):
 
 @pytest.mark.parametrize("args, fragment", [
     (["parallel.tensor=2"], "1 processes cannot be split into parallel.tensor=2 x parallel.pipeline=1 groups"),
-    (["parallel.pipeline=2"], "cannot run with ZeRO stage 3 (DeepSpeed's pipeline engine supports stages 0-1); "
+    (["parallel.pipeline=2"], "cannot run with ZeRO stage 3 (pipelines run with ZeRO-1); "
                               "use --ds_config ds_configs/zero1.json"),
 ])
 def test_impossible_layouts_refused_before_any_process_group(tmp_path, tiny_shards, args, fragment):

@@ -71,11 +71,22 @@ def test_tensor_parallel_change_is_refused(tmp_path, tokenizer_dir):
                           data_parallel_rank=0)
     Checkpointer(str(tmp_path), 1, tp2).save(FakeEngine(), TrainState(step=1), "", tokenizer_dir)
     saved = json.loads((tmp_path / "checkpoints" / "step_00000001" / "COMPLETE").read_text())
-    assert saved == {"world_size": 2, "tensor": 2, "data": 1}
+    assert saved == {"world_size": 2, "tensor": 2, "pipeline": 1, "data": 1}
     dp2 = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo")
-    with pytest.raises(CheckpointError, match=r"tensor 2 x data 1\), this run has 2 \(tensor 1 x data 2\); only the "
-                                              r"data-parallel size may change"):
+    with pytest.raises(CheckpointError, match=r"tensor 2 x pipeline 1 x data 1\), this run has 2 processes \(tensor 1 "
+                                              r"x pipeline 1 x data 2\); only the data-parallel size may change"):
         Checkpointer(str(tmp_path), 1, dp2).load(FakeEngine())
+
+
+def test_pipeline_layout_changes_are_refused(tmp_path, tokenizer_dir):
+    pp2 = ParallelContext(0, 4, 0, 4, torch.device("cpu"), "gloo", pipeline_parallel_size=2, data_parallel_size=2,
+                          data_parallel_rank=0)
+    Checkpointer(str(tmp_path), 1, pp2).save(FakeEngine(), TrainState(step=1), "", tokenizer_dir)
+    pp2_dp1 = ParallelContext(0, 2, 0, 2, torch.device("cpu"), "gloo", pipeline_parallel_size=2,
+                              data_parallel_size=1, data_parallel_rank=0)
+    for other in (pp2_dp1, ParallelContext(0, 4, 0, 4, torch.device("cpu"), "gloo")):
+        with pytest.raises(CheckpointError, match=r"resume with tensor 1 x pipeline 2 on 4 processes"):
+            Checkpointer(str(tmp_path), 1, other).resume_kind()
 
 
 def test_fresh_run_has_no_checkpoint(tmp_path):

@@ -27,6 +27,8 @@ def test_valid_layouts():
      r"model.vocab_size=49153 is not divisible by parallel.tensor=3; set model.vocab_size=49155"),
     (2, 1, 2, 3, ConceptModelConfig(vocab_size=1000),
      r"parallel.pipeline=2 cannot run with ZeRO stage 3 .* use --ds_config ds_configs/zero1.json"),
+    (2, 1, 2, 0, ConceptModelConfig(vocab_size=1000),
+     r"parallel.pipeline=2 cannot run with ZeRO stage 0 \(pipelines run with ZeRO-1\)"),
     (8, 1, 8, 1, ConceptModelConfig(vocab_size=1000),
      r"parallel.pipeline=8 stages but the model has only 3 layers to place .* use parallel.pipeline <= 3"),
 ])
@@ -51,3 +53,10 @@ def test_mlp_width_counts():
 def test_parallel_degrees_must_be_positive():
     with pytest.raises(Exception, match="parallel.tensor=0"):
         load_config(None, ["parallel.tensor=0"])
+
+
+def test_rank_coordinates_put_tensor_ranks_innermost():
+    layout = Layout(world_size=8, tensor=2, pipeline=2)
+    coords = [layout.coordinates(r) for r in range(8)]
+    assert coords == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)]
+    assert Layout(4, pipeline=2).coordinates(3) == (1, 1, 0)
