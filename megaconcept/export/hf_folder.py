@@ -23,6 +23,7 @@ AUTO_MAP = {
     "AutoConfig": "hf_configuration.MegaconceptConfig",
     "AutoModel": "hf_modeling.MegaconceptModel",
     "AutoModelForMaskedLM": "hf_modeling.MegaconceptForMaskedLM",
+    "AutoModelForSequenceClassification": "hf_modeling.MegaconceptForSequenceClassification",
 }
 
 

@@ -44,6 +44,10 @@ class MegaconceptConfig(PretrainedConfig):
     norm_eps: float = _DEFAULTS.norm_eps
     init_std: float = _DEFAULTS.init_std
     backbone: Optional[dict] = None
+    # Sequence classification only (not part of the pretraining architecture).
+    classifier_pooling: str = "mean"
+    """How concepts become one vector: mean | attention | decoder (see classification.py)."""
+    classifier_dropout: float = 0.1
 
     @property
     def hidden_size(self) -> int:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
+from .classification import AttentionPooler, ClassificationHead, pooled_width, pooling
 from .concept_mlm import encode_decode, head_weight
 from .decoders import build_decoder
 from .encoder import ConceptEncoder
@@ -43,6 +44,8 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
             init.normal_(module.concepts, mean=0.0, std=self.config.init_std)
         if isinstance(module, MegaconceptForMaskedLM):
             init.zeros_(module.lm_bias)
+        if isinstance(module, AttentionPooler):
+            init.normal_(module.query, mean=0.0, std=self.config.init_std)
 
 
 class MegaconceptModel(MegaconceptPreTrainedModel):
@@ -137,4 +140,64 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=None, attentions=None)
 
 
-__all__ = ["MegaconceptForMaskedLM", "MegaconceptModel", "MegaconceptPreTrainedModel"]
+class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
+    """Encoder -> concepts -> pooling (`config.classifier_pooling`) -> classification head.
+
+    Loads from an exported MLM folder: encoder weights (and the decoder's, for decoder pooling) come from
+    it by name; the pooler and head start fresh. `num_labels == 1` is regression (MSE), otherwise
+    single-label cross-entropy, unless `config.problem_type` says otherwise.
+    """
+
+    def __init__(self, config: MegaconceptConfig) -> None:
+        super().__init__(config)
+        cfg = config.to_model_config()
+        choice = pooling(config.classifier_pooling)
+        self.num_labels = config.num_labels
+        self.encoder = ConceptEncoder(cfg)
+        self.decoder = build_decoder(cfg) if choice.decodes else None
+        self.pooler = choice.build(cfg)
+        self.classifier = ClassificationHead(pooled_width(cfg, config.classifier_pooling), config.num_labels,
+                                             config.classifier_dropout)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.token_embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.token_embed = value
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """input_ids (B, N) -> one vector per sequence (B, W)."""
+        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
+        if self.decoder is None:
+            return self.pooler(concepts)
+        n = input_ids.shape[1]
+        states = self.decoder(concepts, torch.arange(n, device=input_ids.device).expand(input_ids.shape[0], -1))
+        return self.pooler(states, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> Union[SequenceClassifierOutput, tuple[torch.Tensor, ...]]:
+        """input_ids (B, N), attention_mask (B, N), labels (B,) -> logits (B, num_labels)."""
+        logits = self.classifier(self.pooled(input_ids, attention_mask))
+        loss = None if labels is None else self._loss(logits, labels)
+        if return_dict is False:
+            return (logits,) if loss is None else (loss, logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        kind = self.config.problem_type or ("regression" if self.num_labels == 1 else "single_label_classification")
+        if kind == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if kind == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(logits.float(), labels.long())
+
+
+__all__ = ["MegaconceptForMaskedLM", "MegaconceptForSequenceClassification", "MegaconceptModel",
+           "MegaconceptPreTrainedModel"]

@@ -2,11 +2,12 @@
 resumes exactly, and exports the same HF model."""
 import json
 import shutil
+import subprocess
 import sys
 
 from safetensors.torch import load_file
 
-from _launch import losses, run, torchrun_cmd
+from _launch import env, losses, run, torchrun_cmd
 from test_tensor_parallel import EXACT, STEPS, _close
 
 # Two micro-batches per step, so the 1F1B schedule really interleaves stages.
@@ -33,6 +34,12 @@ def test_pp2_matches_pp1_and_exports_the_same_model(tmp_path, tiny_shards):
     complete = json.loads((tmp_path / "pp2" / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE").read_text())
     assert complete == {"world_size": 2, "tensor": 1, "pipeline": 2, "data": 1}
     _same_weights(_export(tmp_path / "pp1", tmp_path / "pp1_hf"), _export(tmp_path / "pp2", tmp_path / "pp2_hf"))
+    # A stage file gone: the export names it instead of writing a model with random layers.
+    (tmp_path / "pp2" / "checkpoints" / f"step_{STEPS:08d}" / "layer_03-model_00-model_states.pt").unlink()
+    proc = subprocess.run([sys.executable, "-m", "megaconcept.export", str(tmp_path / "pp2"), str(tmp_path / "bad")],
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode != 0 and "lacks layer_03-model_00-model_states.pt" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
 
 
 def test_pp2_resume_after_crash_matches_uninterrupted(tmp_path, tiny_shards):

@@ -1,0 +1,126 @@
+"""GLUE task definitions and data sources: the hub (`nyu-mll/glue`), a local folder in the hub's layout,
+or offline stand-ins derived at run time from real data (see evals/standins.py)."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .common import EvalError
+
+HUB_DATASET = "nyu-mll/glue"
+LOCAL_EXTENSIONS = {"parquet": "parquet", "jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv"}
+SMALL_TASK_SEEDS = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    columns: tuple[str, Optional[str]]
+    """The text column(s) in the hub's schema; a second one makes it a sentence-pair task."""
+    num_labels: int
+    """1 = regression (STS-B)."""
+    dev_splits: tuple[str, ...] = ("validation",)
+    default_seeds: tuple[int, ...] = (1,)
+    metric_task: str = ""
+    """Which GLUE metric set scores it (the task itself unless a stand-in borrows one)."""
+    stand_in: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.metric_task:
+            object.__setattr__(self, "metric_task", self.name)
+
+    @property
+    def label(self) -> str:
+        return self.name + (" (stand-in)" if self.stand_in else "")
+
+    def split_suffix(self, split: str) -> str:
+        return {"validation_matched": "_m", "validation_mismatched": "_mm"}.get(split, "")
+
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (
+    TaskSpec("cola", ("sentence", None), 2, default_seeds=SMALL_TASK_SEEDS),
+    TaskSpec("sst2", ("sentence", None), 2),
+    TaskSpec("mrpc", ("sentence1", "sentence2"), 2, default_seeds=SMALL_TASK_SEEDS),
+    TaskSpec("stsb", ("sentence1", "sentence2"), 1, default_seeds=SMALL_TASK_SEEDS),
+    TaskSpec("qqp", ("question1", "question2"), 2),
+    TaskSpec("mnli", ("premise", "hypothesis"), 3, dev_splits=("validation_matched", "validation_mismatched")),
+    TaskSpec("qnli", ("question", "sentence"), 2),
+    TaskSpec("rte", ("sentence1", "sentence2"), 2, default_seeds=SMALL_TASK_SEEDS),
+)}
+
+# Offline: QNLI-style pairs from SQuAD v2 and BoolQ-style yes/no from HotpotQA (both binary, accuracy).
+STANDIN_TASKS: dict[str, TaskSpec] = {t.name: t for t in (
+    TaskSpec("qnli", ("question", "sentence"), 2, stand_in=True),
+    TaskSpec("boolq", ("question", "passage"), 2, metric_task="qnli", stand_in=True),
+)}
+
+
+@dataclass
+class TaskData:
+    train: list[dict[str, Any]]
+    dev: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Rows: {"text_a": str, "text_b": str | None, "label": int | float}."""
+
+
+def _rows(spec: TaskSpec, records: Any, limit: Optional[int]) -> list[dict[str, Any]]:
+    a, b = spec.columns
+    rows = []
+    for record in records:
+        if record["label"] is None or record["label"] == -1:  # GLUE marks hidden test labels -1
+            continue
+        rows.append({"text_a": record[a], "text_b": record[b] if b else None, "label": record["label"]})
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+def _hub_split(spec: TaskSpec, split: str) -> Any:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(HUB_DATASET, spec.name, split=split)
+    except Exception as exc:  # network, auth and missing-config errors all end here for the user
+        raise EvalError(f"could not load {HUB_DATASET}/{spec.name} [{split}] from the hub ({str(exc).splitlines()[0]}); "
+                        f"use --data-dir with local files or --stand-in offline") from None
+
+
+def _local_split(spec: TaskSpec, data_dir: str, split: str) -> Any:
+    from datasets import load_dataset
+
+    folder = Path(data_dir) / spec.name
+    files = sorted(p for p in folder.glob(f"{split}*") if p.suffix.lstrip(".") in LOCAL_EXTENSIONS
+                   and not p.name.startswith(f"{split}_"))  # validation_matched is not `validation`
+    if not files:
+        raise EvalError(f"no {split} file for {spec.name} under {folder}; expected {folder}/{split}.{{parquet,jsonl,"
+                        f"json,csv,tsv}} with columns {', '.join(c for c in spec.columns if c)}, label")
+    ext = files[0].suffix.lstrip(".")
+    kwargs = {"delimiter": "\t"} if ext == "tsv" else {}
+    dataset = load_dataset(LOCAL_EXTENSIONS[ext], data_files=[str(f) for f in files], split="train", **kwargs)
+    missing = [c for c in (*spec.columns, "label") if c and c not in dataset.column_names]
+    if missing:
+        raise EvalError(f"{files[0]} lacks column(s) {', '.join(missing)} (has {', '.join(dataset.column_names)})")
+    return dataset
+
+
+def _standin(spec: TaskSpec, limit: Optional[int]) -> TaskData:
+    from .standins import STANDINS
+
+    # Stand-ins are derived from the full asset and then capped, so --limit keeps the by-article split intact.
+    splits = {name: list(rows) for name, rows in STANDINS[spec.name]().items()}
+    for name, rows in splits.items():  # a capped prefix must not be one article or one label
+        random.Random(f"{spec.name}-{name}").shuffle(rows)
+    return TaskData(_rows(spec, splits["train"], limit), {"validation": _rows(spec, splits["validation"], limit)})
+
+
+def load_task(spec: TaskSpec, source: str, data_dir: Optional[str], limit: Optional[int]) -> TaskData:
+    """Train rows and every dev split of one task, from the chosen source; `limit` caps each split."""
+    if source == "stand-in":
+        return _standin(spec, limit)
+    load = (lambda split: _local_split(spec, data_dir, split)) if source == "local" else (
+        lambda split: _hub_split(spec, split))
+    data = TaskData(_rows(spec, load("train"), limit), {s: _rows(spec, load(s), limit) for s in spec.dev_splits})
+    if not data.train or not all(data.dev.values()):
+        raise EvalError(f"{spec.name}: a split has no labelled rows; check the data")
+    return data
