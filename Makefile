@@ -43,6 +43,8 @@ export: train
 
 demo: export
 	$(PY) -m launchers.show_demo --run-dir $(RUN_DIR) --export-dir $(EXPORT_DIR) --shards $(SHARDS)
+	# Ends with a score: QNLI-style stand-in pairs (derived offline from SQuAD v2) vs the majority class.
+	$(PY) -m evals.glue --model $(EXPORT_DIR) --stand-in --tasks qnli --limit 2000 --seeds 1 --epochs 2 --out $(RUN_DIR)/eval_standin
 
 test: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15

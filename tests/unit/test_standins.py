@@ -171,6 +171,21 @@ def test_long_contexts_respect_a_tokenizer_target(assets):
                 assert 225 <= len(row["context"].split()) <= 300, (kind, len(row["context"].split()))
 
 
+def test_whole_context_is_recounted_when_blocks_undercount(assets):
+    class Seams:  # separators cost 3 tokens here, not the 1 that packing assumes
+        def encode(self, text: str, add_special_tokens: bool = True) -> list[str]:
+            return text.split() + ["sep"] * 3 * text.count("\n\n")
+
+    for kind in standins.LONG_KINDS:
+        for rows in standins.long_standin(kind, limit=4, target_tokens=300, tokenizer=Seams()).values():
+            assert rows and all(standins.count_tokens(r["context"], Seams()) <= 300 for r in rows)
+    for row in standins.long_standin("passage_retrieval", limit=4, target_tokens=300,
+                                     tokenizer=Seams())["validation"]:
+        k, i = row["gold_index"], _question_number(row["input"])
+        assert f"Q{i} Alpha sentence zero" in row["paragraphs"][k - 1] and row["answers"] == [f"Paragraph {k}"]
+        assert row["num_paragraphs"] == len(row["paragraphs"]) == row["context"].count("Paragraph ")
+
+
 def test_multiple_choice_options(assets):
     out = standins.long_standin("multiple_choice", target_tokens=300)
     rows = out["train"] + out["validation"]
