@@ -31,6 +31,17 @@ def check_model_dir(model: str) -> Path:
     return path
 
 
+def check_length(model_dir: Path, max_length: int, pooling: str) -> None:
+    """Learned positions (no backbone) and decoder pooling (position queries) cap the input length."""
+    config = json.loads((model_dir / "config.json").read_text())
+    limit = config.get("max_position_embeddings")
+    rope = (config.get("backbone") or {}).get("num_layers", 0) > 0  # a backbone carries positions by RoPE
+    if limit and (not rope or pooling == "decoder") and max_length > limit:
+        why = "decoder pooling decodes every position" if rope else "the model has learned positions"
+        raise EvalError(f"--max-length {max_length} exceeds the model's max_position_embeddings {limit} ({why}); "
+                        f"use --max-length {limit}")
+
+
 def load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import metrics
-from .common import EvalError, Report, check_model_dir, fmt, parse_list, parse_seeds, versions
+from .common import EvalError, Report, check_length, check_model_dir, fmt, parse_list, parse_seeds, versions
 from .glue_data import STANDIN_TASKS, TASKS, TaskSpec, load_task
 from .glue_finetune import FinetuneConfig, finetune
 
@@ -144,6 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise EvalError("--from-mnli needs mnli among --tasks (its fine-tuned model is the starting point)")
         seeds = parse_seeds(args.seeds)
         cfg = FinetuneConfig.from_args(args)
+        check_length(model_dir, cfg.max_length, cfg.pooling)
         out_dir = Path(args.out or f"evals_results/glue-{model_dir.name}" + ("-standin" if args.stand_in else ""))
         results, mnli_models = [], None
         for name in _order(tasks, args.from_mnli):

