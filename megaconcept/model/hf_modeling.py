@@ -36,6 +36,12 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["ConceptLayer"]
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.token_embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.token_embed = value
+
     def _init_weights(self, module: nn.Module) -> None:
         """Same scheme as ConceptMLM: Normal(0, init_std) for linears/embeddings/concepts, ones for norms,
         zeros for the LM bias. Only ever reaches tensors that were not loaded from a checkpoint."""
@@ -58,12 +64,6 @@ class MegaconceptModel(MegaconceptPreTrainedModel):
         super().__init__(config)
         self.encoder = ConceptEncoder(config.to_model_config())
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.encoder.token_embed
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.encoder.token_embed = value
 
     def forward(
         self,
@@ -97,12 +97,6 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.encoder.token_embed
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.encoder.token_embed = value
 
     def get_output_embeddings(self) -> Optional[nn.Linear]:
         """The untied head, or None: a tied head is the input embedding itself, not a module."""
@@ -160,19 +154,11 @@ class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
                                              config.classifier_dropout)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.encoder.token_embed
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.encoder.token_embed = value
-
     def pooled(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """input_ids (B, N) -> one vector per sequence (B, W)."""
-        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
         if self.decoder is None:
-            return self.pooler(concepts)
-        n = input_ids.shape[1]
-        states = self.decoder(concepts, torch.arange(n, device=input_ids.device).expand(input_ids.shape[0], -1))
+            return self.pooler(self.encoder(input_ids, attention_mask))  # over the concepts (B, C, D)
+        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None)  # (B, N, W)
         return self.pooler(states, attention_mask)
 
     def forward(
