@@ -13,10 +13,10 @@ from ..config import RunConfig, to_yaml
 from ..config.deepspeed import build_deepspeed_config, zero_stage
 from ..data.loader import build_train_stream
 from ..data.shards import read_manifest
+from ..export.checkpoint import PIPELINE_LAYERS
 from ..objectives.cross_entropy import CROSS_ENTROPY, select_cross_entropy
 from ..objectives.masking import num_targets
 from ..parallel import ParallelContext
-from ..export.checkpoint import PIPELINE_LAYERS
 from ..parallel.pipeline import build_pipeline, canonical_names, layer_names, pipeline_layers, split_micro_batch
 from ..parallel.tensor import apply_tensor_parallel
 from ..parallel.zero import register_tied_head
@@ -98,7 +98,7 @@ class Trainer:
         groups = param_groups(named, t.weight_decay, t.lr, t.backbone_lr_mult)
         if not self.pipelined:
             return groups
-        most = torch.tensor([len(groups)])
+        most = torch.tensor([len(groups)], device=self.ctx.device)  # NCCL reduces only device tensors
         torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
         return split_groups(groups, int(most.item()))
 
