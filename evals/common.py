@@ -45,7 +45,8 @@ def check_length(model_dir: Path, max_length: int, pooling: str) -> None:
 def load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # The exported config names its own classes (auto_map); the model is the one the user asked to score.
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
     if tokenizer.eos_token_id is None:
         raise EvalError(f"{model_dir}: the tokenizer has no eos token; pretraining separated documents with it")
     if tokenizer.pad_token_id is None:
