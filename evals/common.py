@@ -5,6 +5,7 @@ Only exported HF folders are read (never training internals): `AutoModel*` with 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -126,3 +127,31 @@ class Report:
 
 def fmt(value: Optional[float], scale: float = 100.0) -> str:
     return "-" if value is None else f"{value * scale:.1f}"
+
+
+def add_source_arguments(p: argparse.ArgumentParser, benchmark: str, local_layout: str, limit_help: str) -> None:
+    """The arguments every evaluation CLI shares: model, results folder, data source, row cap."""
+    p.add_argument("--model", required=True, help="exported HF folder (python -m megaconcept.export)")
+    p.add_argument("--out", help=f"results folder (default evals_results/{benchmark}-<model name>)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", help=f"local {benchmark} data: {local_layout}")
+    source.add_argument("--stand-in", action="store_true", help="offline stand-ins derived from real data at run time")
+    p.add_argument("--limit", type=int, help=limit_help)
+
+
+def results_dir(args: argparse.Namespace, benchmark: str, model_dir: Path) -> Path:
+    return Path(args.out or f"evals_results/{benchmark}-{model_dir.name}" + ("-standin" if args.stand_in else ""))
+
+
+def run_header(benchmark: str, stand_in: bool, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The first keys of every results.json: what was scored, on which data, by which versions."""
+    return {"benchmark": benchmark + (" (STAND-IN data)" if stand_in else ""), "versions": versions(model_dir),
+            "args": vars(args)}
+
+
+def standin_notes(stand_in: bool) -> list[str]:
+    if not stand_in:
+        return []
+    from .standins import STANDIN_NOTE
+
+    return [STANDIN_NOTE]

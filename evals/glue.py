@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import metrics
-from .common import EvalError, Report, check_length, check_model_dir, fmt, parse_list, parse_seeds, versions
+from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, fmt, parse_list,
+                     parse_seeds, results_dir, run_header, standin_notes)
 from .glue_data import STANDIN_TASKS, TASKS, TaskSpec, load_task
 from .glue_finetune import FinetuneConfig, finetune
 
@@ -77,20 +78,17 @@ def _order(tasks: list[str], from_mnli: bool) -> list[str]:
     return sorted(tasks, key=lambda t: t != "mnli") if from_mnli else tasks
 
 
-def write_results(results: list[TaskResult], out_dir: Path, model_dir: Path, args: dict[str, Any]) -> Path:
+def write_results(results: list[TaskResult], out_dir: Path, model_dir: Path, args: argparse.Namespace) -> Path:
     average = sum(r.score for r in results) / len(results)
     stand_in = any(r.stand_in for r in results)
-    payload = {"benchmark": "glue" + (" (STAND-IN data)" if stand_in else ""), "versions": versions(model_dir),
-               "args": args, "average": average, "tasks": {r.task: asdict(r) for r in results}}
+    payload = {**run_header("glue", stand_in, model_dir, args), "average": average,
+               "tasks": {r.task: asdict(r) for r in results}}
     rows = [[r.task + (" (stand-in)" if r.stand_in else ""), ", ".join(f"{k} {fmt(v)}" for k, v in r.median.items()),
              fmt(r.score), ", ".join(f"{k} {fmt(v)}" for k, v in r.majority.items()), str(len(r.seeds)), str(r.n_train)]
             for r in results]
     rows.append(["**average**", "", fmt(average), "", "", ""])
-    notes = [f"model: {model_dir}", "median over seeds; task score = mean of its metrics; x100"]
-    if stand_in:
-        from .standins import STANDIN_NOTE
-
-        notes.append(STANDIN_NOTE)
+    notes = [f"model: {model_dir}", "median over seeds; task score = mean of its metrics; x100",
+             *standin_notes(stand_in)]
     path = Report(out_dir).write(payload, ["task", "dev metrics (median)", "score", "majority baseline", "seeds",
                                            "train rows"], rows, notes)
     _plot(results, out_dir / "scores.png")
@@ -120,15 +118,11 @@ def _plot(results: list[TaskResult], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.glue", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="exported HF folder (python -m megaconcept.export)")
+    add_source_arguments(p, "glue", "DIR/<task>/<split>*.{parquet,jsonl,json,csv,tsv}",
+                         "cap train and dev rows per task (quick runs)")
     p.add_argument("--tasks", help=f"comma-separated, default all: {','.join(TASKS)} (stand-ins: "
                                    f"{','.join(STANDIN_TASKS)})")
     p.add_argument("--seeds", help="comma-separated seeds for every task (default: 5 for cola/mrpc/stsb/rte, 1 else)")
-    p.add_argument("--out", help="results folder (default evals_results/glue-<model name>)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", help="local GLUE data: DIR/<task>/<split>*.{parquet,jsonl,json,csv,tsv}")
-    source.add_argument("--stand-in", action="store_true", help="offline stand-ins derived from real data")
-    p.add_argument("--limit", type=int, help="cap train and dev rows per task (quick runs)")
     p.add_argument("--from-mnli", action="store_true", help="start rte/mrpc/stsb from the MNLI fine-tuned model")
     FinetuneConfig.add_arguments(p)
     return p
@@ -145,7 +139,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         seeds = parse_seeds(args.seeds)
         cfg = FinetuneConfig.from_args(args)
         check_length(model_dir, cfg.max_length, cfg.pooling)
-        out_dir = Path(args.out or f"evals_results/glue-{model_dir.name}" + ("-standin" if args.stand_in else ""))
+        out_dir = results_dir(args, "glue", model_dir)
         results, mnli_models = [], None
         for name in _order(tasks, args.from_mnli):
             spec = (STANDIN_TASKS if args.stand_in else TASKS)[name]
@@ -154,7 +148,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                     keep_models=name == "mnli" and args.from_mnli))
             if name == "mnli" and args.from_mnli:
                 mnli_models = {s: out_dir / f"mnli_seed{s}" for s in results[-1].seeds}
-        path = write_results(results, out_dir, model_dir, vars(args))
+        path = write_results(results, out_dir, model_dir, args)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

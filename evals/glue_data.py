@@ -2,7 +2,6 @@
 or offline stand-ins derived at run time from real data (see evals/standins.py)."""
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -107,10 +106,9 @@ def _local_split(spec: TaskSpec, data_dir: str, split: str) -> Any:
 def _standin(spec: TaskSpec, limit: Optional[int]) -> TaskData:
     from .standins import STANDINS
 
-    # Stand-ins are derived from the full asset and then capped, so --limit keeps the by-article split intact.
-    splits = {name: list(rows) for name, rows in STANDINS[spec.name]().items()}
-    for name, rows in splits.items():  # a capped prefix must not be one article or one label
-        random.Random(f"{spec.name}-{name}").shuffle(rows)
+    # Built whole, then capped: the builders shuffle each split with their seed, so a capped prefix is neither
+    # one article nor one label, and --limit keeps the by-article split intact.
+    splits = STANDINS[spec.name]()
     return TaskData(_rows(spec, splits["train"], limit), {"validation": _rows(spec, splits["validation"], limit)})
 
 

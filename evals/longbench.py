@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import metrics
-from .common import EvalError, Report, check_length, check_model_dir, encode, fmt, load_tokenizer, parse_list, versions
+from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, encode, fmt,
+                     load_tokenizer, parse_list, results_dir, run_header, standin_notes)
 
 HUB_DATASET = "THUDM/LongBench"
 TASKS = ("passage_retrieval_en",)
@@ -88,13 +89,8 @@ def passage_retrieval(model_dir: Path, rows: list[dict[str, Any]], max_length: i
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.longbench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="exported HF folder (python -m megaconcept.export)")
+    add_source_arguments(p, "longbench", "DIR/<task>.jsonl (input, context, answers)", "cap the rows scored")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated from {','.join(TASKS)}")
-    p.add_argument("--out", help="results folder (default evals_results/longbench-<model name>)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", help="local LongBench files: DIR/<task>.jsonl")
-    source.add_argument("--stand-in", action="store_true", help="offline stand-in derived from HotpotQA")
-    p.add_argument("--limit", type=int, help="cap the rows scored")
     p.add_argument("--max-length", type=int, default=512, help="tokens per query or paragraph")
     return p
 
@@ -112,18 +108,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     score = sum(metrics.retrieval_score(p, g) for p, g in zip(preds, gold)) / len(gold)
     chance = sum(1 / len(r["paragraphs"]) for r in rows) / len(rows)
-    out = Path(args.out or f"evals_results/longbench-{model_dir.name}" + ("-standin" if args.stand_in else ""))
+    out = results_dir(args, "longbench", model_dir)
     result = {"task": "passage_retrieval_en", "metric": "retrieval_score", "score": score, "chance": chance,
               "n": len(rows), "stand_in": bool(args.stand_in), "predictions": preds}
-    payload = {"benchmark": "longbench" + (" (STAND-IN data)" if args.stand_in else ""), "versions": versions(model_dir),
-               "args": vars(args), "tasks": {"passage_retrieval_en": result}, "not_yet": NOT_YET}
+    payload = {**run_header("longbench", args.stand_in, model_dir, args), "tasks": {"passage_retrieval_en": result},
+               "not_yet": NOT_YET}
     label = "passage_retrieval_en" + (" (stand-in)" if args.stand_in else "")
     notes = [f"model: {model_dir}", "zero-shot: cosine of mean-pooled concepts; official retrieval_score x100"]
-    notes += [f"not scored yet: {k} ({how})" for k, how in NOT_YET.items()]
-    if args.stand_in:
-        from .standins import STANDIN_NOTE
-
-        notes.append(STANDIN_NOTE)
+    notes += [f"not scored yet: {k} ({how})" for k, how in NOT_YET.items()] + standin_notes(args.stand_in)
     path = Report(out).write(payload, ["task", "score", "chance", "rows"], [[label, fmt(score), fmt(chance), str(len(rows))]],
                              notes)
     print(path.with_name("results.md").read_text())

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import metrics
-from .common import EvalError, Report, check_length, check_model_dir, fmt, load_tokenizer, parse_list, parse_seeds, versions
+from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, fmt, load_tokenizer,
+                     parse_list, parse_seeds, results_dir, run_header, standin_notes)
 from .glue_data import TaskData, TaskSpec
 from .glue_finetune import FinetuneConfig, finetune
 from .multiple_choice import predict_multiple_choice, train_multiple_choice
@@ -79,14 +80,10 @@ def run_task(task: ScrollsTask, model_dir: Path, seeds: list[int], args: argpars
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.scrolls", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="exported HF folder (python -m megaconcept.export)")
+    add_source_arguments(p, "scrolls", "DIR/<task>/{train,validation}.jsonl with id/input/output",
+                         "cap train and dev rows per task")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated from {','.join(TASKS)}")
     p.add_argument("--seeds", default="1", help="comma-separated seeds (median reported)")
-    p.add_argument("--out", help="results folder (default evals_results/scrolls-<model name>)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", help="local SCROLLS data: DIR/<task>/{train,validation}.jsonl with id/input/output")
-    source.add_argument("--stand-in", action="store_true", help="offline long stand-ins derived from HotpotQA")
-    p.add_argument("--limit", type=int, help="cap train and dev rows per task")
     p.add_argument("--max-length", type=int, default=4096, help="tokens per input (4096-16384)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--epochs", type=float, default=3.0)
@@ -106,17 +103,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"evals_results/scrolls-{model_dir.name}" + ("-standin" if args.stand_in else ""))
-    payload = {"benchmark": "scrolls" + (" (STAND-IN data)" if args.stand_in else ""), "versions": versions(model_dir),
-               "args": vars(args), "tasks": {r["task"]: r for r in results}, "not_scored": NOT_SCORED}
+    out = results_dir(args, "scrolls", model_dir)
+    payload = {**run_header("scrolls", args.stand_in, model_dir, args), "tasks": {r["task"]: r for r in results},
+               "not_scored": NOT_SCORED}
     rows = [[r["task"] + (" (stand-in)" if r["stand_in"] else ""), fmt(r["median"]), fmt(r["constant_baseline"]),
              str(len(r["seeds"])), f"{r['n_train']}/{r['n_dev']}", str(r["max_length"])] for r in results]
     notes = [f"model: {model_dir}", "exact match x100, median over seeds"]
-    notes += [f"not scored: {k} - {why}" for k, why in NOT_SCORED.items()]
-    if args.stand_in:
-        from .standins import STANDIN_NOTE
-
-        notes.append(STANDIN_NOTE)
+    notes += [f"not scored: {k} - {why}" for k, why in NOT_SCORED.items()] + standin_notes(args.stand_in)
     path = Report(out).write(payload, ["task", "exact match", "majority baseline", "seeds", "train/dev", "max tokens"],
                              rows, notes)
     print(path.with_name("results.md").read_text())
