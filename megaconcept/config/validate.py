@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+from ..model.encoder import READ_POSITIONS
 from .schema import RunConfig
 
 Rule = Callable[[RunConfig], Optional[str]]
@@ -90,6 +91,8 @@ def backbone_tensor_parallel_degree(cfg: RunConfig) -> int:
 
 def _backbone(cfg: RunConfig) -> Optional[str]:
     b, t = cfg.model.backbone, cfg.train
+    if b.read_positions not in READ_POSITIONS:
+        return f"model.backbone.read_positions={b.read_positions!r} must be one of {', '.join(READ_POSITIONS)}"
     if b.num_layers < 0 or b.layout not in ("last", "interleaved"):
         return f"model.backbone.num_layers={b.num_layers} must be >= 0 and layout={b.layout!r} one of last, interleaved"
     if b.init_from and not b.enabled:
@@ -108,7 +111,18 @@ def _backbone(cfg: RunConfig) -> Optional[str]:
     return None
 
 
-RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _backbone]
+def _analysis(cfg: RunConfig) -> Optional[str]:
+    a = cfg.analysis
+    if a.interval < 0 or a.samples < 2 or not 0.0 <= a.collapse_fraction <= 1.0:
+        return (f"analysis.interval={a.interval} must be >= 0 (0 = off), analysis.samples={a.samples} >= 2 and "
+                f"analysis.collapse_fraction={a.collapse_fraction} in [0, 1]")
+    if not a.heldout:
+        return "analysis.heldout is empty; use last_shard or a shard directory"
+    return None
+
+
+RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _backbone,
+                     _analysis]
 
 
 def validate(cfg: RunConfig) -> list[str]:

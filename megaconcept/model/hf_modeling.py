@@ -7,6 +7,7 @@ Shipped flat in the exported folder: imports are transformers, torch and sibling
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
@@ -14,11 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.utils import ModelOutput
 
-from .classification import AttentionPooler, ClassificationHead, pooled_width, pooling
+from .classification import AttentionPooler, ClassificationHead, decoder_width, pooled_width, pooling
 from .concept_mlm import encode_decode, head_weight
 from .decoders import build_decoder
-from .encoder import ConceptEncoder
+from .encoder import ConceptEncoder, ReadPositions
 from .hf_configuration import MegaconceptConfig
 
 try:
@@ -48,6 +50,8 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, ConceptEncoder):
             init.normal_(module.concepts, mean=0.0, std=self.config.init_std)
+        if isinstance(module, ReadPositions):
+            init.zeros_(module.weight)
         if isinstance(module, MegaconceptForMaskedLM):
             init.zeros_(module.lm_bias)
         if isinstance(module, AttentionPooler):
@@ -185,5 +189,99 @@ class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
         return F.cross_entropy(logits.float(), labels.long())
 
 
-__all__ = ["MegaconceptForMaskedLM", "MegaconceptForSequenceClassification", "MegaconceptModel",
-           "MegaconceptPreTrainedModel"]
+# The answer-type classes of MegaconceptForQuestionAnswering, in the order of its type logits.
+QA_ANSWER_TYPES = ("span", "yes", "no", "unanswerable")
+
+
+@dataclass
+class ConceptQuestionAnsweringOutput(ModelOutput):
+    """Span logits over positions (B, N) (padding at the dtype's minimum) and answer-type logits (B, 4)."""
+
+    loss: Optional[torch.Tensor] = None
+    start_logits: Optional[torch.Tensor] = None
+    end_logits: Optional[torch.Tensor] = None
+    type_logits: Optional[torch.Tensor] = None
+
+
+class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
+    """Qasper-style QA: an answer type (QA_ANSWER_TYPES) over pooled concepts, plus an extractive span.
+
+    The span head needs one state per input position, and the concepts are the only representation the
+    encoder produces. The pretrained decoder is what maps concepts back to positions (queries 0..N-1):
+    pretraining taught it to reconstruct every position's token from the concepts, so its states are the
+    natural per-position features; a fresh per-position head would have to learn that mapping from the
+    task's few examples. Its learned position table caps the input at `max_position_embeddings` tokens,
+    even with a RoPE backbone. The type head pools like sequence classification (`classifier_pooling`).
+    Encoder and decoder load from an exported MLM folder by name; pooler, type head and span head start fresh.
+    """
+
+    answer_types = QA_ANSWER_TYPES
+
+    def __init__(self, config: MegaconceptConfig) -> None:
+        super().__init__(config)
+        cfg = config.to_model_config()
+        self.pool_decoded = pooling(config.classifier_pooling).decodes
+        self.encoder = ConceptEncoder(cfg)
+        self.decoder = build_decoder(cfg)
+        self.pooler = pooling(config.classifier_pooling).build(cfg)
+        self.classifier = ClassificationHead(pooled_width(cfg, config.classifier_pooling), len(QA_ANSWER_TYPES),
+                                             config.classifier_dropout)
+        self.qa_outputs = nn.Linear(decoder_width(cfg), 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        start_positions: Optional[torch.Tensor] = None,
+        end_positions: Optional[torch.Tensor] = None,
+        answer_type: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> Union[ConceptQuestionAnsweringOutput, tuple[torch.Tensor, ...]]:
+        """input_ids (B, N), attention_mask (B, N); start/end_positions (B,) token indices and answer_type (B,)
+        indices into QA_ANSWER_TYPES -> start/end logits (B, N), type logits (B, 4).
+
+        Loss = cross-entropy over the answer type (when given) + the mean of the start and end cross-entropies
+        over the span rows only (answer_type == span; every row when answer_type is not given).
+        """
+        limit = self.config.max_position_embeddings
+        if input_ids.shape[1] > limit:
+            raise ValueError(f"{input_ids.shape[1]} input tokens exceed max_position_embeddings {limit}: the span "
+                             f"head decodes every position with the decoder's learned position queries")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+        states = self.decoder(concepts, positions)  # (B, N, W)
+        type_logits = self.classifier(self.pooler(states, mask) if self.pool_decoded else self.pooler(concepts))
+        # fp32 and padding at the minimum: a padded position can never win a span or take softmax mass.
+        span_logits = self.qa_outputs(states).float()  # (B, N, 2)
+        span_logits = span_logits.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(torch.float32).min)
+        start_logits, end_logits = span_logits.unbind(dim=-1)  # (B, N) each
+        loss = self._loss(start_logits, end_logits, type_logits, start_positions, end_positions, answer_type)
+        if return_dict is False:
+            out = (start_logits, end_logits, type_logits)
+            return out if loss is None else (loss, *out)
+        return ConceptQuestionAnsweringOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              type_logits=type_logits)
+
+    @staticmethod
+    def _loss(start_logits: torch.Tensor, end_logits: torch.Tensor, type_logits: torch.Tensor,
+              start_positions: Optional[torch.Tensor], end_positions: Optional[torch.Tensor],
+              answer_type: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        losses = []
+        if answer_type is not None:
+            losses.append(F.cross_entropy(type_logits.float(), answer_type.long()))
+        if start_positions is not None and end_positions is not None:
+            # Yes/no/unanswerable rows carry no span: their positions are placeholders and stay out of the loss.
+            span = torch.ones_like(start_positions, dtype=torch.bool)
+            if answer_type is not None:
+                span = answer_type == QA_ANSWER_TYPES.index("span")
+            if span.any():
+                losses.append((F.cross_entropy(start_logits[span], start_positions[span].long())
+                               + F.cross_entropy(end_logits[span], end_positions[span].long())) / 2)
+        return sum(losses) if losses else None
+
+
+__all__ = ["ConceptQuestionAnsweringOutput", "MegaconceptForMaskedLM", "MegaconceptForQuestionAnswering",
+           "MegaconceptForSequenceClassification", "MegaconceptModel", "MegaconceptPreTrainedModel"]
