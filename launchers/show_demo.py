@@ -13,8 +13,12 @@ PROMPTS = [
 ]
 
 
+def _records(metrics: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
 def loss_summary(metrics: Path) -> str:
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in _records(metrics) if "loss" in r]
     if not rows:
         return "no metrics logged"
     first, last = rows[0], rows[-1]
@@ -22,6 +26,17 @@ def loss_summary(metrics: Path) -> str:
         f"loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} (step {last['step']}), "
         f"{last['tokens_seen']:,} tokens, {last['tokens_per_sec']:,.0f} tok/s at the end"
     )
+
+
+def concept_summary(metrics: Path) -> str:
+    """The last live concept-health record (megaconcept.train.analysis), held-out batch."""
+    rows = [r for r in _records(metrics) if "concepts/effective_rank" in r]
+    if not rows:
+        return "not measured (analysis.interval=0)"
+    r = rows[-1]
+    return (f"step {r['step']}: effective rank {r['concepts/effective_rank']:.1f} of {r['concepts/num_concepts']:.0f} "
+            f"concepts, mean pairwise cosine {r['concepts/mean_pairwise_cosine']:.3f}, "
+            f"uniformity {r['concepts/uniformity']:.3f} (held-out batch)")
 
 
 def main() -> None:
@@ -38,6 +53,7 @@ def main() -> None:
     print(f"shards      : {args.shards} (manifest.json)")
     print(f"run         : {args.run_dir} (config.yaml, metrics.jsonl, checkpoints/)")
     print(f"training    : {loss_summary(Path(args.run_dir) / 'metrics.jsonl')}")
+    print(f"concepts    : {concept_summary(Path(args.run_dir) / 'metrics.jsonl')}")
     print(f"HF export   : {args.export_dir} (AutoModelForMaskedLM, trust_remote_code=True)")
     for prompt in PROMPTS:
         text = prompt.format(mask=fill.tokenizer.mask_token)

@@ -109,6 +109,21 @@ class LoggingSection:
 
 
 @dataclass
+class AnalysisSection:
+    interval: int = 100
+    """Steps between concept-health metrics (megaconcept.analysis.concept_metrics) on a held-out batch,
+    logged to metrics.jsonl; 0 = off. Skipped under pipeline parallelism (no stage holds all concepts)."""
+    heldout: str = "last_shard"
+    """Where the held-out batch comes from: last_shard = the last shard of data.shards, then left out of
+    training; or a shard directory written by data_prep.shard with the same tokenizer."""
+    samples: int = 32
+    """Held-out samples the metrics are computed on (the same ones every time)."""
+    collapse_fraction: float = 0.1
+    """Collapse alarm: warn once when the concepts' effective rank falls below this fraction of
+    model.num_concepts."""
+
+
+@dataclass
 class RunConfig:
     run_dir: str = "runs/demo"
     """Everything a run writes: config.yaml, metrics.jsonl, checkpoints/."""
@@ -121,4 +136,5 @@ class RunConfig:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     """Data parallelism takes the rest: world size / (tensor * pipeline)."""
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    analysis: AnalysisSection = field(default_factory=AnalysisSection)
     logging: LoggingSection = field(default_factory=LoggingSection)

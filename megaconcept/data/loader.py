@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from megaconcept.data.heldout import training_manifest
 from megaconcept.data.shards import Manifest, read_manifest, read_shard
 
 STATE_VERSION = 1
@@ -139,13 +140,14 @@ def _check_state(state: dict[str, Any], expected: dict[str, Any]) -> None:
 def build_train_stream(shard_dir: str, micro_batch_size: int, seed: int, rank: int, world_size: int,
                        num_workers: int, collate: Collate, state: Optional[dict] = None,
                        shuffle: bool = True, verify_checksums: bool = True,
-                       start_epoch: int = 0) -> Iterator[tuple[dict, dict]]:
+                       start_epoch: int = 0, heldout: str = "") -> Iterator[tuple[dict, dict]]:
     """Yield ``(collate(ids, generator), position_state)`` forever, looping over epochs.
 
     ``ids`` is a (micro_batch_size, seq_len) int64 tensor; ``generator`` a torch.Generator seeded for
     this batch (dynamic masking replays exactly). ``position_state`` is a JSON-serialisable dict for the
     position after the batch: passing it back as ``state`` continues with exactly the next batch.
-    Without a state the stream starts at the beginning of ``start_epoch``.
+    Without a state the stream starts at the beginning of ``start_epoch``. ``heldout="last_shard"`` keeps
+    the last shard out of the stream (see megaconcept.data.heldout).
 
     Raises:
         ShardError: missing/malformed manifest, or a corrupt shard (names the file).
@@ -154,7 +156,7 @@ def build_train_stream(shard_dir: str, micro_batch_size: int, seed: int, rank: i
     if micro_batch_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need micro_batch_size >= 1 and 0 <= rank < world_size, got "
                          f"{micro_batch_size}, rank {rank}, world_size {world_size}")
-    manifest = read_manifest(shard_dir)
+    manifest = training_manifest(read_manifest(shard_dir), heldout)
     workers = max(1, num_workers)
     check_split(len(manifest.shards), world_size, workers)
     current = _initial_state(manifest, seed, rank, world_size, workers, shuffle, micro_batch_size, start_epoch)

@@ -25,6 +25,12 @@ def truncate_after(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def progress_line(record: dict[str, Any]) -> str:
+    mfu = f" | MFU {record['mfu']:.1%}" if record.get("mfu") is not None else ""
+    return (f"step {record['step']:>6} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"gnorm {record['grad_norm']:.3f} | {record['tokens_per_sec']:,.0f} tok/s{mfu}")
+
+
 class MetricLogger:
     """Writes one JSON object per logged step; no-op on ranks other than 0."""
 
@@ -43,19 +49,15 @@ class MetricLogger:
                 name=Path(run_dir).name, resume="allow", id=f"{Path(run_dir).resolve().name}",
             )
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any], line: Optional[str] = None) -> None:
+        """Append `record` (it has a "step"); print `line`, by default the training progress line."""
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
-        mfu = f" | MFU {record['mfu']:.1%}" if record.get("mfu") is not None else ""
-        print(
-            f"step {record['step']:>6} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-            f"gnorm {record['grad_norm']:.3f} | {record['tokens_per_sec']:,.0f} tok/s{mfu}",
-            flush=True,
-        )
+        print(line if line is not None else progress_line(record), flush=True)
 
     def close(self) -> None:
         if self._wandb is not None:

@@ -5,7 +5,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -20,6 +20,7 @@ from ..parallel import ParallelContext
 from ..parallel.pipeline import build_pipeline, canonical_names, layer_names, pipeline_layers, split_micro_batch
 from ..parallel.tensor import apply_tensor_parallel
 from ..parallel.zero import register_tied_head
+from .analysis import ConceptMonitor, summary_line
 from .builders import (build_collator, build_model, model_config, param_groups, per_layer_options, split_groups,
                        to_device, warm_start_backbone)
 from .checkpointer import RESTART_EPOCH, Checkpointer
@@ -75,6 +76,17 @@ class Trainer:
         self.flops_per_sample = count_flops(self.model_cfg, seq_len, num_targets(seq_len, cfg.objective.masking.rate)).train
         device_name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None
         self.peak_flops = peak_flops(device_name, t.peak_tflops)
+        self.monitor = self._concept_monitor()
+
+    def _concept_monitor(self) -> Optional[ConceptMonitor]:
+        a = self.cfg.analysis
+        if a.interval == 0:
+            return None
+        if self.pipelined:
+            self._say("concept analysis is off under pipeline parallelism (no stage holds every concept layer); "
+                      "score an exported checkpoint with `python -m evals.concepts` instead")
+            return None
+        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx)
 
     @property
     def pipelined(self) -> bool:
@@ -122,6 +134,7 @@ class Trainer:
             self.ctx.data_parallel_size, d.num_workers, collate,
             state=None if restart is not None else position or None, shuffle=d.shuffle,
             verify_checksums=d.verify_checksums, start_epoch=restart or 0,
+            heldout=self.cfg.analysis.heldout if self.monitor is not None else "",
         )
 
     def _train_step(self, stream: Iterator) -> float:
@@ -187,6 +200,9 @@ class Trainer:
             if self.state.step % t.log_interval == 0 or self.state.step == t.max_steps:
                 self.logger.log(self._record(losses, time.perf_counter() - tick))
                 losses, tick = [], time.perf_counter()
+            if self.monitor is not None and self.monitor.due(self.state.step, t.max_steps):
+                self._analyse()
+                tick = time.perf_counter()
             if self.state.step % ck.interval == 0 or self.state.step == t.max_steps:
                 path = self.checkpointer.save(self.engine, self.state, self.config_yaml, self.tokenizer_dir,
                                               self.checkpoint_files)
@@ -194,6 +210,11 @@ class Trainer:
                 tick = time.perf_counter()
         self.logger.close()
         return self.state
+
+    def _analyse(self) -> None:
+        record = self.monitor.measure(self.engine, self.state.step)
+        if record is not None:
+            self.logger.log(record, summary_line(record, self.model_cfg.num_concepts))
 
     def _say(self, message: str) -> None:
         if self.ctx.is_main:

@@ -53,4 +53,4 @@ def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: r["loss"] for r in rows}
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}  # concept-analysis rows carry no loss

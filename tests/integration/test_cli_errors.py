@@ -30,6 +30,8 @@ def _error_line(proc):
         (["train.max_step=3"], "unknown config key 'train.max_step'"),
         (["train.precision=fp8"], "train.precision='fp8'"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
+        (["analysis.collapse_fraction=2"], "analysis.collapse_fraction=2.0 in [0, 1]"),
+        (["model.backbone.read_positions=learned"], "model.backbone.read_positions='learned' must be one of"),
     ],
 )
 def test_config_errors(args, fragment):

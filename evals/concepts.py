@@ -1,0 +1,317 @@
+"""`python -m evals.concepts --model HF_DIR --data SHARDS_OR_TEXT`: concept health of an exported encoder.
+
+Runs the encoder over up to `--limit` inputs and reports, for all their concept vectors together, the metrics
+of `megaconcept/analysis/concept_metrics.py` (effective rank, participation ratio, pairwise cosines,
+uniformity, TwoNN dimension, ...; definitions there), the singular-value spectrum (`spectrum.png`) and how
+the concepts share the tokens in the last concept layer's cross-attention:
+
+  usage_c          share of real tokens whose top concept is c: for each token, the concept that puts the
+                   largest (head-averaged) cross-attention weight on it; ties go to the lowest index
+  dead concepts    concepts that are top for no token
+  usage entropy    -sum_c usage_c log usage_c (nats); its exp is the effective number of used concepts
+  attention entropy  per concept, the entropy of its head-averaged attention over a sample's real tokens
+                   divided by log(real tokens), averaged over samples (1 = uniform, 0 = one token)
+
+The attention weights are recomputed from the inputs of `encoder.layers[-1].cross` (captured by a forward
+hook) with the block's own norms, projections and key mask, since SDPA returns no weights.
+`--data` is a shard directory of `python -m data_prep.shard` (manifest.json + *.tar, each packed row one
+input, cut to --max-length) or a text file: .txt (one document per line) or .jsonl (a "text" field per line),
+tokenized with the exported tokenizer as pretraining saw documents (tokens + eos).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import io
+import json
+import math
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .common import EvalError, Report, check_length, check_model_dir, encode, load_tokenizer, run_header
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+CROSS_PATH = "encoder.layers[-1].cross"
+CROSS_ATTN_PARTS = ("q_proj", "k_proj", "num_heads", "head_dim")
+SHARD_HINT = "re-run `python -m data_prep.shard`"
+
+
+def shard_rows(directory: Path, limit: int, max_length: int) -> list[list[int]]:
+    """The first `limit` packed rows of a shard directory, each cut to `max_length` ids; checksums verified.
+
+    Reads the documented format (manifest.json, tars of `<key>.ids.npy`) directly: evals never import the
+    training data package.
+    """
+    import numpy as np
+
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        shards = [(s["name"], s["sha256"]) for s in manifest["shards"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EvalError(f"{directory / 'manifest.json'} is unreadable or malformed ({type(exc).__name__}); "
+                        f"{SHARD_HINT}") from None
+    rows: list[list[int]] = []
+    for name, sha256 in shards:
+        path = directory / name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EvalError(f"shard {path} cannot be read ({exc.strerror}); {SHARD_HINT}") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise EvalError(f"shard {path} fails its manifest checksum (corrupt or replaced); {SHARD_HINT}")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as archive:
+                for member in archive:
+                    if member.name.endswith(".ids.npy") and len(rows) < limit:
+                        handle = archive.extractfile(member)
+                        row = np.load(io.BytesIO(handle.read() if handle else b""), allow_pickle=False)
+                        rows.append(row[:max_length].astype(np.int64).tolist())
+        except (tarfile.TarError, ValueError, EOFError, OSError) as exc:
+            why = (str(exc).splitlines() or [""])[0]
+            raise EvalError(f"shard {path} is corrupt ({type(exc).__name__}: {why}); {SHARD_HINT}") from None
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+def text_documents(path: Path, limit: int) -> list[str]:
+    """Up to `limit` non-blank documents: .txt lines, or the "text" field of .jsonl lines (read lazily)."""
+    docs: list[str] = []
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if len(docs) >= limit:
+                    break
+                if line.strip():
+                    docs.append(line.rstrip("\n") if path.suffix == ".txt" else _jsonl_text(path, number, line))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"--data {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    return docs
+
+
+def _jsonl_text(path: Path, number: int, line: str) -> str:
+    try:
+        text = json.loads(line)["text"]
+    except (ValueError, KeyError, TypeError):
+        raise EvalError(f"{path}:{number} is not a JSON object with a \"text\" field") from None
+    if not isinstance(text, str):
+        raise EvalError(f"{path}:{number}: \"text\" is {type(text).__name__}, not a string")
+    return text
+
+
+def load_rows(data: str, model_dir: Path, limit: int, max_length: int) -> tuple[list[list[int]], dict[str, Any]]:
+    """Token id rows to encode and a description of where they came from; EvalError for unusable data."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        if not (path / "manifest.json").is_file():
+            raise EvalError(f"--data {data!r} is a directory without manifest.json; pass a shard directory "
+                            f"(python -m data_prep.shard) or a {'/'.join(TEXT_SUFFIXES)} file")
+        rows, kind = shard_rows(path, limit, max_length), "shards"
+    elif not path.exists():
+        raise EvalError(f"--data {data!r} does not exist; pass a shard directory or a {'/'.join(TEXT_SUFFIXES)} file")
+    elif path.suffix not in TEXT_SUFFIXES:
+        raise EvalError(f"--data {data!r}: unknown file type {path.suffix or '(none)'!r}; use a shard directory "
+                        f"or a {'/'.join(TEXT_SUFFIXES)} file")
+    else:
+        tokenizer = load_tokenizer(model_dir)
+        rows = [encode(tokenizer, doc, None, max_length)["input_ids"] for doc in text_documents(path, limit)]
+        kind = path.suffix[1:]
+    if not rows:
+        raise EvalError(f"--data {data!r} holds no documents")
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    top = max(max(r) for r in rows if r)
+    if top >= vocab:
+        raise EvalError(f"--data {data!r} has token id {top} >= the model's vocab_size {vocab}: "
+                        f"tokenized with another tokenizer")
+    return rows, {"path": str(path.resolve()), "kind": kind, "samples": len(rows), "tokens": sum(map(len, rows))}
+
+
+def cross_attention_weights(block: Any, queries: Any, keys_values: Any, key_mask: Any) -> Any:
+    """softmax(q k^T / sqrt(head_dim)) of a CrossAttentionBlock, as its SDPA call computes it: (B, H, C, N).
+
+    queries (B, C, D) concepts, keys_values (B, N, Dt) tokens, key_mask (B, N) 1 = real token, or None.
+    """
+    attn = block.attn
+    q = attn.q_proj(block.query_norm(queries)).unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2)
+    k = attn.k_proj(block.kv_norm(keys_values)).unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2)
+    scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(attn.head_dim)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+@dataclass
+class Usage:
+    """Running per-concept counts over batches (a forward hook on the last cross-attention block feeds it)."""
+
+    num_concepts: int
+    top_tokens: list[int] = field(init=False)
+    """Real tokens whose top concept is c, per concept."""
+    entropy_sum: list[float] = field(init=False)
+    """Normalized attention entropy per concept, summed over samples."""
+    entropy_samples: int = 0
+
+    def __post_init__(self) -> None:
+        self.top_tokens = [0] * self.num_concepts
+        self.entropy_sum = [0.0] * self.num_concepts
+
+    def hook(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        weights = cross_attention_weights(module, bound["queries"], bound["keys_values"], bound.get("key_mask"))
+        self.add(weights.mean(dim=1), bound.get("key_mask"))
+
+    def add(self, weights: Any, key_mask: Any) -> None:
+        """weights (B, C, N) head-averaged attention of each concept over tokens; key_mask (B, N) or None."""
+        import torch
+
+        real = key_mask.bool() if key_mask is not None else weights.new_ones(weights[:, 0].shape, dtype=torch.bool)
+        top = weights.argmax(dim=1)[real]  # (real tokens,) top concept of each token
+        counts = torch.bincount(top, minlength=self.num_concepts).tolist()
+        self.top_tokens = [a + b for a, b in zip(self.top_tokens, counts)]
+        n_real = real.sum(dim=1)  # (B,)
+        keep = n_real > 1  # one token: no spread to measure
+        entropy = torch.special.entr(weights.double()).sum(dim=2)[keep] / n_real[keep, None].log()  # (B', C), [0, 1]
+        self.entropy_sum = [a + b for a, b in zip(self.entropy_sum, entropy.sum(dim=0).tolist())]
+        self.entropy_samples += int(keep.sum())
+
+    def summary(self) -> dict[str, Any]:
+        """Usage shares (sum to 1), dead concepts, usage entropy (nats, / log C, exp) and attention entropy."""
+        total = sum(self.top_tokens)
+        shares = [n / total for n in self.top_tokens]
+        entropy = -sum(u * math.log(u) for u in shares if u > 0)
+        attention = [s / self.entropy_samples for s in self.entropy_sum] if self.entropy_samples else None
+        return {"tokens": total, "per_concept": shares, "dead_concepts": sum(n == 0 for n in self.top_tokens),
+                "entropy": entropy, "entropy_normalized": entropy / math.log(max(self.num_concepts, 2)),
+                "perplexity": math.exp(entropy), "attention_entropy": attention,
+                "mean_attention_entropy": sum(attention) / len(attention) if attention else None}
+
+
+def cross_block(model: Any) -> Any:
+    """`encoder.layers[-1].cross` of the loaded model, checked to have what the weight recomputation uses."""
+    try:
+        block = model.encoder.layers[-1].cross
+        needed = [(block, "query_norm"), (block, "kv_norm")] + [(block.attn, n) for n in CROSS_ATTN_PARTS]
+    except (AttributeError, IndexError, TypeError):
+        needed = []
+    if not needed or not all(hasattr(owner, name) for owner, name in needed):
+        raise EvalError(f"the model has no cross-attention block at {CROSS_PATH} with query_norm, kv_norm and "
+                        f"attn.{'/'.join(CROSS_ATTN_PARTS)}; concept usage cannot be measured")
+    return block
+
+
+def encode_all(model_dir: Path, rows: list[list[int]], batch_size: int) -> tuple[Any, Usage]:
+    """Concepts (S, C, D) of every row, float32 on CPU, and the cross-attention usage collected on the way."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModel
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True).to(device).eval()
+    usage = Usage(model.config.num_concepts)
+    handle = cross_block(model).register_forward_hook(usage.hook, with_kwargs=True)
+    pad = 0  # any id: padded positions are masked out of the cross-attention
+    chunks = []
+    try:
+        for start in tqdm(range(0, len(rows), batch_size), desc="encoding", unit="batch"):
+            batch = rows[start:start + batch_size]
+            width = max(map(len, batch))
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], device=device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
+            with torch.no_grad():
+                chunks.append(model(input_ids=ids, attention_mask=mask).last_hidden_state.float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(chunks), usage
+
+
+def plot_spectrum(concepts: Any, path: Path) -> None:
+    """Singular values of all concept vectors stacked (uncentered and centered), relative to the largest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from megaconcept.analysis import concept_spectrum
+
+    flat = concepts.flatten(0, 1)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    scale = float(concept_spectrum(flat)[0])  # the uncentered scale, as the metrics use (float noise is no variance)
+    for center, label in ((False, "uncentered (global effective rank)"), (True, "centered (PCA)")):
+        s = concept_spectrum(flat, center=center, scale=scale)
+        s = s[s > 0]
+        if len(s):
+            ax.plot(range(1, len(s) + 1), (s / s[0]).tolist(), marker=".", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("s_i / s_1")
+    ax.set_title(f"concept spectrum: {flat.shape[0]} vectors, D = {flat.shape[1]}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf/NaN: a value that cannot be measured (see the metric docs) is written as null."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def write_results(out: Path, model_dir: Path, args: argparse.Namespace, data: dict[str, Any],
+                  metrics: dict[str, float], usage: dict[str, Any]) -> Path:
+    payload = {**run_header("concepts", False, model_dir, args), "data": data,
+               "metrics": {k: _finite(v) for k, v in metrics.items()}, "usage": usage}
+    rows = [[k, "-" if _finite(v) is None else f"{v:.4g}"] for k, v in metrics.items()]
+    rows += [["usage: dead concepts", str(usage["dead_concepts"])],
+             ["usage: entropy / log C", f"{usage['entropy_normalized']:.4g}"],
+             ["usage: perplexity (concepts used)", f"{usage['perplexity']:.4g}"]]
+    if usage["mean_attention_entropy"] is not None:
+        rows.append(["attention entropy (mean over concepts)", f"{usage['mean_attention_entropy']:.4g}"])
+    top = sorted(range(len(usage["per_concept"])), key=lambda c: -usage["per_concept"][c])[:5]
+    notes = [f"model: {model_dir}", f"data: {data['path']} ({data['kind']}, {data['samples']} samples, "
+             f"{data['tokens']} tokens)", "metric definitions: megaconcept/analysis/concept_metrics.py",
+             "usage_c = share of tokens whose top concept (head-averaged last-layer cross-attention) is c",
+             "most used concepts: " + ", ".join(f"{c} ({100 * usage['per_concept'][c]:.1f}%)" for c in top)]
+    path = Report(out).write(payload, ["metric", "value"], rows, notes)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evals.concepts", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="exported HF folder (python -m megaconcept.export)")
+    p.add_argument("--data", required=True, help="shard directory (data_prep.shard) or a .txt / .jsonl file")
+    p.add_argument("--limit", type=int, default=1000,
+                   help="inputs encoded, default 1000 (all their concepts are held in memory: limit x C x D floats)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per input, default 512 (longer ones are cut)")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass, default 16")
+    p.add_argument("--out", help="results folder (default evals_results/concepts-<model name>)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.limit < 1 or args.batch_size < 1 or args.max_length < 1:
+            raise EvalError("--limit, --batch-size and --max-length must be positive")
+        model_dir = check_model_dir(args.model)
+        check_length(model_dir, args.max_length, "mean")
+        rows, data = load_rows(args.data, model_dir, args.limit, args.max_length)
+        concepts, usage = encode_all(model_dir, rows, args.batch_size)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from megaconcept.analysis import concept_metrics
+
+    out = Path(args.out or f"evals_results/concepts-{model_dir.name}")
+    path = write_results(out, model_dir, args, data, concept_metrics(concepts), usage.summary())
+    plot_spectrum(concepts, out / "spectrum.png")
+    print(path.with_name("results.md").read_text())
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Live concept analysis: the held-out shard leaves training, the monitor logs metrics and alarms once."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from megaconcept.config.schema import AnalysisSection
+from megaconcept.data.heldout import LAST_SHARD, heldout_ids, training_manifest
+from megaconcept.data.loader import build_train_stream
+from megaconcept.data.shards import read_manifest, read_shard
+from megaconcept.parallel import ParallelContext
+from megaconcept.train.analysis import ConceptMonitor, summary_line
+
+CTX = ParallelContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"),
+                      backend="gloo")
+
+
+def test_last_shard_is_held_out_of_the_training_stream(tiny_shards):
+    manifest = read_manifest(str(tiny_shards))
+    train = training_manifest(manifest, LAST_SHARD)
+    assert train.shards == manifest.shards[:-1]
+    assert training_manifest(manifest, str(tiny_shards)) is manifest  # another directory holds it out already
+    last = read_shard(manifest.shard_path(len(manifest.shards) - 1), None, manifest.seq_len)
+    ids = heldout_ids(manifest, LAST_SHARD, 5)
+    np.testing.assert_array_equal(ids, last[:5])
+    # One epoch of the stream never yields a held-out row.
+    held = {tuple(r) for r in last}
+    stream = build_train_stream(str(tiny_shards), 16, 0, 0, 1, 0, lambda ids, gen: ids, shuffle=False,
+                                heldout=LAST_SHARD)
+    seen = sum(s.samples for s in train.shards)
+    rows = [tuple(r) for _ in range(seen // 16) for r in next(stream)[0].tolist()]
+    assert not held & set(rows)
+
+
+def test_a_single_shard_cannot_hold_one_out(tiny_shards):
+    import dataclasses
+
+    one = dataclasses.replace(read_manifest(str(tiny_shards)), shards=read_manifest(str(tiny_shards)).shards[:1])
+    with pytest.raises(ValueError, match="needs at least 2 shards.*analysis.interval=0"):
+        training_manifest(one, LAST_SHARD)
+
+
+class _Engine:
+    """The surface of a DeepSpeed engine the monitor uses: module, eval/train, forward."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.module = nn.Module()
+        self.module.encoder = encoder
+        self.training = True
+
+    def eval(self) -> None:
+        self.training = False
+
+    def train(self) -> None:
+        self.training = True
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        assert not self.training and positions.shape == (input_ids.shape[0], 1)
+        self.module.encoder(input_ids)
+
+
+class _Constant(nn.Module):
+    def __init__(self, concepts: torch.Tensor) -> None:
+        super().__init__()
+        self.concepts = concepts
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.concepts.expand(input_ids.shape[0], -1, -1)
+
+
+def test_monitor_logs_metrics_and_alarms_once_on_collapse(tiny_shards, capsys):
+    manifest = read_manifest(str(tiny_shards))
+    cfg = AnalysisSection(interval=5, samples=4, collapse_fraction=0.5)
+    collapsed = ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX)
+    engine = _Engine(_Constant(torch.ones(1, 8, 16)))  # 8 identical concepts: effective rank 1
+    assert collapsed.due(5, 100) and collapsed.due(7, 7) and not collapsed.due(6, 100)
+    first = collapsed.measure(engine, 5)
+    second = collapsed.measure(engine, 10)
+    assert engine.training  # back in train mode
+    assert first["concepts/effective_rank"] == pytest.approx(1.0) and first["concepts/collapse_alarm"]
+    assert second["concepts/collapse_alarm"] and capsys.readouterr().out.count("WARNING: concept collapse") == 1
+    assert "eff. rank 1.0/8" in summary_line(first, 8)
+
+    healthy = ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX)
+    record = healthy.measure(_Engine(_Constant(torch.eye(8, 16)[None])), 5)  # orthogonal: effective rank 8
+    assert record["concepts/effective_rank"] == pytest.approx(8.0) and "concepts/collapse_alarm" not in record
+    assert "WARNING" not in capsys.readouterr().out
