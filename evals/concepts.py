@@ -21,13 +21,10 @@ tokenized with the exported tokenizer as pretraining saw documents (tokens + eos
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
-import io
 import json
 import math
 import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -37,44 +34,22 @@ from .common import EvalError, Report, check_length, check_model_dir, encode, lo
 TEXT_SUFFIXES = (".txt", ".jsonl")
 CROSS_PATH = "encoder.layers[-1].cross"
 CROSS_ATTN_PARTS = ("q_proj", "k_proj", "num_heads", "head_dim")
-SHARD_HINT = "re-run `python -m data_prep.shard`"
 
 
 def shard_rows(directory: Path, limit: int, max_length: int) -> list[list[int]]:
-    """The first `limit` packed rows of a shard directory, each cut to `max_length` ids; checksums verified.
+    """The first `limit` packed rows of a shard directory, each cut to `max_length` ids; checksums verified."""
+    from megaconcept.data.shards import ShardError, read_manifest, read_shard
 
-    Reads the documented format (manifest.json, tars of `<key>.ids.npy`) directly: evals never import the
-    training data package.
-    """
-    import numpy as np
-
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-        shards = [(s["name"], s["sha256"]) for s in manifest["shards"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EvalError(f"{directory / 'manifest.json'} is unreadable or malformed ({type(exc).__name__}); "
-                        f"{SHARD_HINT}") from None
     rows: list[list[int]] = []
-    for name, sha256 in shards:
-        path = directory / name
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise EvalError(f"shard {path} cannot be read ({exc.strerror}); {SHARD_HINT}") from None
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise EvalError(f"shard {path} fails its manifest checksum (corrupt or replaced); {SHARD_HINT}")
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as archive:
-                for member in archive:
-                    if member.name.endswith(".ids.npy") and len(rows) < limit:
-                        handle = archive.extractfile(member)
-                        row = np.load(io.BytesIO(handle.read() if handle else b""), allow_pickle=False)
-                        rows.append(row[:max_length].astype(np.int64).tolist())
-        except (tarfile.TarError, ValueError, EOFError, OSError) as exc:
-            why = (str(exc).splitlines() or [""])[0]
-            raise EvalError(f"shard {path} is corrupt ({type(exc).__name__}: {why}); {SHARD_HINT}") from None
-        if len(rows) >= limit:
-            break
+    try:
+        manifest = read_manifest(str(directory))
+        for index, info in enumerate(manifest.shards):
+            shard = read_shard(manifest.shard_path(index), info.sha256, manifest.seq_len, info.samples)
+            rows.extend(row[:max_length].tolist() for row in shard[: limit - len(rows)])
+            if len(rows) >= limit:
+                break
+    except ShardError as exc:  # already one line naming the file and the fix
+        raise EvalError(str(exc)) from None
     return rows
 
 

@@ -105,7 +105,7 @@ def _corrupt_shards(tmp_path, tiny_shards):
     (lambda p, s: (p / "empty.txt").write_text("\n\n") and p / "empty.txt", "holds no documents"),
     (lambda p, s: (p / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n') and p / "bad.jsonl", "bad.jsonl:2"),
     (lambda p, s: p, "without manifest.json"),
-    (_corrupt_shards, "fails its manifest checksum"),
+    (_corrupt_shards, "fails its checksum"),
 ])
 def test_bad_data_is_a_one_line_error(export_dir, tiny_shards, tmp_path, capsys, make, fragment):
     data = make(tmp_path, tiny_shards)

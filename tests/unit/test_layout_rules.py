@@ -13,7 +13,9 @@ FORBIDDEN = {
                           "..train", "..parallel", "..data", "..objectives", "..config"),
     "megaconcept/parallel": ("megaconcept.train", "..train"),
     "megaconcept/export": ("megaconcept.train", "..train", "megaconcept.parallel", "..parallel"),
-    "evals": ("megaconcept.train", "megaconcept.parallel", "megaconcept.data"),
+    # evals may read the shard format and run configs (concept analysis, efficiency) but nothing of training.
+    "evals": ("megaconcept.train", "megaconcept.parallel", "megaconcept.data.loader", "megaconcept.data.tokenizer",
+              "megaconcept.objectives"),
 }
 
 
