@@ -274,3 +274,38 @@ def test_real_asset_shapes():
                 assert {r["label"] for r in rows} == {"Entailment", "NotMentioned"}
             if long:
                 assert all(standins.count_tokens(r["context"]) <= 1024 for r in rows)
+
+
+def test_fewshot_standin_labels_balance_and_examples(assets):
+    from evals import longbench_data
+
+    out = longbench_data.fewshot_standin(target_tokens=300, dev_fraction=0.5)
+    rows = out["validation"]
+    assert set(out) == {"validation"} and [r["idx"] for r in rows] == list(range(len(rows)))
+    # The fixture's answers are yes/no, years and "Entity <i>" (a digit: "number"); inputs cycle through them.
+    labels = ["yesno", "year", "number"]
+    assert [r["answers"][0] for r in rows] == labels * (len(rows) // 3) and rows
+    for row in rows:
+        i = _question_number(row["input"])
+        assert row["answers"] == [standins.answer_type(_answer(i))] and row["all_classes"] == labels
+        examples = longbench_data.parse_examples(row["context"], "Question", "Type")
+        assert {label for _, label in examples} == set(labels)
+        for text, label in examples:  # every example is another (training) question with its own label
+            assert _question_number(text) != i and label == standins.answer_type(_answer(_question_number(text)))
+        assert standins.count_tokens(row["context"]) <= 300
+    inputs = {r["input"] for r in rows}
+    assert not inputs & {t for r in rows for t, _ in longbench_data.parse_examples(r["context"], "Question", "Type")}
+    assert out == longbench_data.fewshot_standin(target_tokens=300, dev_fraction=0.5)
+    assert longbench_data.fewshot_standin(target_tokens=300, dev_fraction=0.5, limit=2)["validation"] == rows[:2]
+
+
+def test_fewshot_standin_respects_a_tokenizer_target(assets):
+    from evals import longbench_data
+
+    class Words:
+        def encode(self, text: str, add_special_tokens: bool = True) -> list[str]:
+            return text.split()
+
+    rows = longbench_data.fewshot_standin(limit=3, target_tokens=120, tokenizer=Words(), dev_fraction=0.5)
+    assert len(rows["validation"]) == 3
+    assert all(90 <= len(r["context"].split()) <= 120 for r in rows["validation"])

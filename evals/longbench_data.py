@@ -1,0 +1,248 @@
+"""LongBench rows for `evals.longbench`: loaded from the hub, from LongBench's own files, or built as stand-ins,
+then checked and reduced to what each protocol reads. Every row problem is a one-line EvalError naming the row.
+
+Sources per task:
+  hub         THUDM/LongBench (config = task, split test) and THUDM/LongBench-v2 (split train).
+  --data-dir  LongBench's layout: DIR/<task>.jsonl (the v1 repo's data.zip), and for v2 DIR/longbench_v2.json
+              (a JSON list: the v2 repo's data.json renamed) or DIR/longbench_v2.jsonl.
+  --stand-in  built at run time from HotpotQA (evals/standins.py): passage_retrieval_en and longbench_v2 from
+              ``long_standin`` ("passage_retrieval" with STANDIN_CONTEXT_TOKENS of paragraphs, "multiple_choice"
+              with a --max-length context), trec from ``fewshot_standin`` below (it lives here because
+              standins.py is at the 500-line limit). lsht (Chinese news) has no stand-in: it is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from . import standins
+from .common import EvalError
+
+HUB_V1, HUB_V2 = "THUDM/LongBench", "THUDM/LongBench-v2"
+LETTERS = "ABCD"
+# Few-shot classification: (text marker, label marker) of the context's examples, as LongBench lays them out.
+FEWSHOT_MARKERS = {"trec": ("Question", "Type"), "lsht": ("新闻", "类别")}
+V2_FILES = ("longbench_v2.json", "longbench_v2.jsonl")
+NO_STANDIN = {"lsht": "Chinese news classification; there is no Chinese source to derive a stand-in from"}
+# Context size of the passage_retrieval_en and trec stand-ins (LongBench's contexts average 9,289 and 5,177
+# words). Their paragraphs and examples are encoded one by one, so this sets how many there are (about 20
+# paragraphs, 130 examples), not an input length; the v2 stand-in's context is one input: --max-length tokens.
+STANDIN_CONTEXT_TOKENS = 4096
+FEWSHOT_LABELS = ("yesno", "year", "number", "entity")  # standins.answer_type's classes
+_PARAGRAPH = re.compile(r"Paragraph (\d+): ")
+
+Row = dict[str, Any]
+
+
+def split_paragraphs(context: str) -> list[str]:
+    """"Paragraph 1: ... Paragraph 2: ..." -> texts in order (numbering checked to be 1..n)."""
+    parts = _PARAGRAPH.split(context)
+    numbers, texts = [int(n) for n in parts[1::2]], [t.strip() for t in parts[2::2]]
+    if not texts or numbers != list(range(1, len(texts) + 1)):
+        raise ValueError("context is not numbered 'Paragraph 1: ...', 'Paragraph 2: ...'")
+    return texts
+
+
+def _marker(key: str) -> str:
+    return rf"{key}[ \t]*[:：][ \t]*"  # ASCII or full-width colon
+
+
+def parse_examples(context: str, text_key: str, label_key: str) -> list[tuple[str, str]]:
+    """A few-shot context -> [(text, label), ...].
+
+    Each example starts at a line beginning with ``<text_key>:`` and runs to the first following line that
+    begins with ``<label_key>:``; the rest of that line is the label. Texts may span lines; anything after a
+    label line up to the next example is ignored. Colons may be ASCII or full-width. ValueError when there is
+    no example, an example has no label line, or a text or label is empty.
+    """
+    pieces = re.split(rf"(?:^|\n)[ \t]*{_marker(text_key)}", context)[1:]  # [0] is what precedes example 1
+    if not pieces:
+        raise ValueError(f"no '{text_key}: ...' example")
+    label_line = re.compile(rf"\n[ \t]*{_marker(label_key)}([^\n]*)")
+    examples = []
+    for k, piece in enumerate(pieces, 1):
+        found = label_line.search(piece)
+        if found is None:
+            raise ValueError(f"example {k} has no '{label_key}: ...' line")
+        text, label = piece[:found.start()].strip(), found.group(1).strip()
+        if not text or not label:
+            raise ValueError(f"example {k} has an empty {'text' if not text else 'label'}")
+        examples.append((text, label))
+    return examples
+
+
+def strip_query(text: str, text_key: str, label_key: str) -> str:
+    """The unlabelled input without an optional leading ``<text_key>:`` and trailing ``<label_key>:`` line."""
+    text = re.sub(rf"\n[ \t]*{label_key}[ \t]*[:：]$", "", text.rstrip())
+    return re.sub(rf"^\s*{_marker(text_key)}", "", text).strip()
+
+
+def _name(task: str, position: int, record: dict[str, Any]) -> str:
+    return f"{task} row {position}" + (f" (_id {record['_id']})" if record.get("_id") else "")
+
+
+def _require(task: str, position: int, record: dict[str, Any], keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if record.get(k) in (None, "", [])]
+    if missing:
+        raise EvalError(f"{_name(task, position, record)} lacks {', '.join(missing)}")
+
+
+def passage_row(record: dict[str, Any], position: int) -> Row:
+    """{"input", "paragraphs", "answer"}; stand-in records carry their paragraphs already."""
+    _require("passage_retrieval_en", position, record, ("input", "context", "answers"))
+    try:
+        paragraphs = record.get("paragraphs") or split_paragraphs(record["context"])
+    except ValueError as exc:
+        raise EvalError(f"{_name('passage_retrieval_en', position, record)}: {exc}") from None
+    return {"input": record["input"], "paragraphs": paragraphs, "answer": record["answers"][0]}
+
+
+def fewshot_row(task: str, record: dict[str, Any], position: int) -> Row:
+    """{"input", "examples": [(text, label), ...], "answers", "all_classes"} from a LongBench trec/lsht row."""
+    _require(task, position, record, ("input", "context", "answers", "all_classes"))
+    text_key, label_key = FEWSHOT_MARKERS[task]
+    try:
+        examples = parse_examples(record["context"], text_key, label_key)
+    except ValueError as exc:
+        raise EvalError(f"{_name(task, position, record)}: cannot parse its context ({exc}); expected "
+                        f"'{text_key}: ...' / '{label_key}: ...' example lines") from None
+    query = strip_query(record["input"], text_key, label_key)
+    if not query:
+        raise EvalError(f"{_name(task, position, record)}: the input is empty once its markers are removed")
+    return {"input": query, "examples": examples, "answers": list(record["answers"]),
+            "all_classes": list(record["all_classes"])}
+
+
+def v2_row(record: dict[str, Any], position: int) -> Row:
+    """{"question", "context", "options", "answer", "difficulty", "length"} from a v2 (or stand-in) row."""
+    task = "longbench_v2"
+    keys = ("question", "context", "answer") + (("options",) if "options" in record else
+                                                 tuple(f"choice_{x}" for x in LETTERS))
+    _require(task, position, record, keys)
+    options = list(record["options"]) if "options" in record else [record[f"choice_{x}"] for x in LETTERS]
+    answer = str(record["answer"]).strip().upper()
+    if answer not in LETTERS[:len(options)]:
+        raise EvalError(f"{_name(task, position, record)}: answer {record['answer']!r} is not one of "
+                        f"{', '.join(LETTERS[:len(options)])}")
+    return {"question": record["question"], "context": record["context"], "options": [str(o) for o in options],
+            "answer": answer, "difficulty": record.get("difficulty"), "length": record.get("length")}
+
+
+def _local_records(task: str, data_dir: str) -> Any:
+    from datasets import load_dataset
+
+    names = V2_FILES if task == "longbench_v2" else (f"{task}.jsonl",)
+    path = next((Path(data_dir) / n for n in names if (Path(data_dir) / n).is_file()), None)
+    if path is None:
+        raise EvalError(f"{Path(data_dir) / names[0]} not found; expected LongBench's {' or '.join(names)} "
+                        f"(or leave {task} out with --tasks)")
+    return load_dataset("json", data_files=str(path), split="train")
+
+
+def _hub_records(task: str) -> Any:
+    from datasets import load_dataset
+
+    hub, config, split = (HUB_V2, None, "train") if task == "longbench_v2" else (HUB_V1, task, "test")
+    try:
+        return load_dataset(hub, config, split=split)
+    except Exception as exc:  # network / auth / loader errors: one line
+        raise EvalError(f"could not load {hub}{'/' + config if config else ''} ({str(exc).splitlines()[0]}); "
+                        f"use --data-dir with LongBench's files (the v1 repo's data.zip holds <task>.jsonl) "
+                        f"or --stand-in") from None
+
+
+def _standin_records(task: str, limit: Optional[int], max_length: int, tokenizer: Any) -> list[dict[str, Any]]:
+    try:
+        if task == "trec":
+            return fewshot_standin(limit=limit, tokenizer=tokenizer)["validation"]
+        if task == "passage_retrieval_en":
+            return standins.long_standin("passage_retrieval", limit=limit, target_tokens=STANDIN_CONTEXT_TOKENS,
+                                         tokenizer=tokenizer)["validation"]
+        return standins.long_standin("multiple_choice", limit=limit, target_tokens=max_length,
+                                     tokenizer=tokenizer)["validation"]
+    except ValueError as exc:  # the assets are missing: the message says how to install them
+        raise EvalError(str(exc)) from None
+
+
+def task_rows(task: str, args: argparse.Namespace, tokenizer: Any) -> list[Row]:
+    """The rows of one task from the source the arguments name, capped at --limit, in protocol form."""
+    if args.stand_in:
+        records: Any = _standin_records(task, args.limit, args.max_length, tokenizer)
+    else:
+        records = _local_records(task, args.data_dir) if args.data_dir else _hub_records(task)
+        if args.limit:
+            records = records.select(range(min(args.limit, len(records))))
+    if task in FEWSHOT_MARKERS:
+        return [fewshot_row(task, r, i) for i, r in enumerate(records)]
+    if task == "longbench_v2":
+        return [v2_row(r, i) for i, r in enumerate(records)]
+    return [passage_row(r, i) for i, r in enumerate(records)]
+
+
+# ------------------------------------------------------------------------- trec-shaped stand-in
+
+
+def _round_robin(streams: list[Iterator[str]]) -> Iterator[str]:
+    """One item from each stream in turn, dropping streams as they run dry."""
+    while streams:
+        for stream in list(streams):
+            item = next(stream, None)
+            if item is None:
+                streams.remove(stream)
+            else:
+                yield item
+
+
+def _fewshot_row(data: Any, index: int, label: str, train: dict[str, list[int]], labels: list[str],
+                 seed: int, target: int, tokenizer: Any) -> Row:
+    """One trec-shaped row whose input is question ``index``; see ``fewshot_standin``."""
+    q = data.questions[index]
+    rng = random.Random(f"{seed}:fewshot:{q.qid}")
+
+    def examples(kind: str) -> Iterator[str]:
+        pool = train[kind]
+        for i in standins._draws(len(pool), rng):
+            other = data.questions[pool[i]]
+            if not q.titles & {title for title, _ in other.support}:
+                yield f"Question: {' '.join(other.question.split())}\nType: {kind}"
+
+    def cost(block: str) -> int:
+        return standins.count_tokens(block, tokenizer) + 1
+
+    blocks = standins._pack(target, _round_robin([examples(kind) for kind in labels]), cost)
+    rng.shuffle(blocks)
+    context = standins._fit(blocks, lambda _: False, "\n".join, target, tokenizer)
+    return {"_id": q.qid, "input": " ".join(q.question.split()), "context": context, "answers": [label],
+            "all_classes": list(labels)}
+
+
+def fewshot_standin(limit: Optional[int] = None, seed: int = 0, target_tokens: int = STANDIN_CONTEXT_TOKENS,
+                    tokenizer: Any = None, dev_fraction: float = 0.2) -> dict[str, list[Row]]:
+    """LongBench-trec-shaped rows from HotpotQA dev: name a question's answer type from labelled examples.
+
+    TREC labels questions by the type of their answer; here the label is ``standins.answer_type`` of the
+    HotpotQA answer: yesno, year, number (any other answer with a digit, full dates included) or entity.
+    Questions are split by ``_in_validation(_id, seed, dev_fraction)``: validation questions are the inputs,
+    train questions the in-context examples (as LongBench samples trec's examples from TREC's training set).
+    Inputs cycle through the labels (a seeded order within each label), so the labels are balanced and
+    chance is 1/k; rows stop when a label runs out. Each row's context holds "Question: ...\\nType: ..."
+    blocks (whitespace collapsed, joined by newlines), drawn in turn from each label's training questions that
+    share no supporting title with the input, packed to about ``target_tokens`` (``count_tokens``), shuffled.
+    Rows ``{"_id", "input", "context", "answers": [label], "all_classes", "idx"}`` in ``{"validation"}``.
+    """
+    data = standins._hotpot_data()
+    pools: dict[str, dict[str, list[int]]] = {"train": {}, "validation": {}}
+    for index, q in enumerate(data.questions):
+        split = "validation" if standins._in_validation(q.qid, seed, dev_fraction) else "train"
+        pools[split].setdefault(standins.answer_type(q.answer), []).append(index)
+    labels = [kind for kind in FEWSHOT_LABELS if pools["train"].get(kind) and pools["validation"].get(kind)]
+    rng = random.Random(seed)
+    inputs = {kind: rng.sample(pools["validation"][kind], len(pools["validation"][kind])) for kind in labels}
+    turns = min((len(v) for v in inputs.values()), default=0)
+    order = [(kind, inputs[kind][turn]) for turn in range(turns) for kind in labels][:limit]
+    rows = [_fewshot_row(data, index, kind, pools["train"], labels, seed, target_tokens, tokenizer) | {"idx": idx}
+            for idx, (kind, index) in enumerate(order)]
+    return {"validation": rows}
