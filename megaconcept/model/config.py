@@ -79,6 +79,11 @@ class ConceptModelConfig:
     """RMSNorm epsilon."""
     init_std: float = 0.02
     """Std of the normal initialization of linear and embedding weights."""
+    concept_init_std: float = 1.0
+    """Std of the learned concept vectors at initialization. Unit scale on purpose: the first
+    cross-attention adds nearly the same token average to every concept (its attention starts uniform),
+    so concepts drawn at init_std start as copies of one vector (mean pairwise cosine 0.99) and stay
+    collapsed; at unit scale they start distinct (cosine ~0.07)."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """Optional token backbone (see BackboneConfig)."""
 

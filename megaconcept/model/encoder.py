@@ -87,7 +87,7 @@ class ConceptEncoder(nn.Module):
         self.backbone = Backbone(cfg.backbone) if cfg.backbone.enabled else None
         # With a backbone, RoPE carries positions (any length); otherwise a learned table does.
         self.position_embed = None if self.backbone else nn.Embedding(cfg.max_position_embeddings, cfg.token_dim)
-        self.concepts = nn.Parameter(torch.randn(cfg.num_concepts, cfg.concept_dim) * cfg.init_std)
+        self.concepts = nn.Parameter(torch.randn(cfg.num_concepts, cfg.concept_dim) * cfg.concept_init_std)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(ConceptLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.concept_dim, eps=cfg.norm_eps)

@@ -43,6 +43,7 @@ class MegaconceptConfig(PretrainedConfig):
     attention: str = _DEFAULTS.attention
     norm_eps: float = _DEFAULTS.norm_eps
     init_std: float = _DEFAULTS.init_std
+    concept_init_std: float = _DEFAULTS.concept_init_std
     backbone: Optional[dict] = None
     # Sequence classification only (not part of the pretraining architecture).
     classifier_pooling: str = "mean"

@@ -45,11 +45,12 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
         self.encoder.token_embed = value
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Same scheme as ConceptMLM: Normal(0, init_std) for linears/embeddings/concepts, ones for norms,
-        zeros for the LM bias. Only ever reaches tensors that were not loaded from a checkpoint."""
+        """Same scheme as ConceptMLM: Normal(0, init_std) for linears/embeddings, Normal(0, concept_init_std)
+        for concepts, ones for norms, zeros for the LM bias and the read-position projections. Only ever
+        reaches tensors that were not loaded from a checkpoint."""
         super()._init_weights(module)
         if isinstance(module, ConceptEncoder):
-            init.normal_(module.concepts, mean=0.0, std=self.config.init_std)
+            init.normal_(module.concepts, mean=0.0, std=self.config.concept_init_std)
         if isinstance(module, ReadPositions):
             init.zeros_(module.weight)
         if isinstance(module, MegaconceptForMaskedLM):
