@@ -38,7 +38,8 @@ def check_length(model_dir: Path, max_length: int, pooling: str) -> None:
     limit = config.get("max_position_embeddings")
     rope = (config.get("backbone") or {}).get("num_layers", 0) > 0  # a backbone carries positions by RoPE
     if limit and (not rope or pooling == "decoder") and max_length > limit:
-        why = "decoder pooling decodes every position" if rope else "the model has learned positions"
+        why = ("decoding every position (decoder pooling, qasper's span head) uses learned position queries"
+               if rope else "the model has learned positions")
         raise EvalError(f"--max-length {max_length} exceeds the model's max_position_embeddings {limit} ({why}); "
                         f"use --max-length {limit}")
 

@@ -52,7 +52,8 @@ def _dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, regres
     return Dataset.from_list(encoded)
 
 
-def _training_args(cfg: FinetuneConfig, seed: int, steps_per_epoch: int, work_dir: str) -> Any:
+def training_args(cfg: FinetuneConfig, seed: int, steps_per_epoch: int, work_dir: str) -> Any:
+    """Trainer arguments for one fine-tuning run (GLUE and SCROLLS qasper): linear warmup/decay, no saving."""
     import torch
     from transformers import TrainingArguments
 
@@ -86,7 +87,7 @@ def finetune(model_dir: Path, init_dir: Path, spec: TaskSpec, data: TaskData, se
     train = _dataset(tokenizer, data.train, cfg.max_length, regression)
     steps = -(-len(train) // cfg.batch_size)
     with tempfile.TemporaryDirectory(prefix="megaconcept-glue-") as work:
-        trainer = Trainer(model=model, args=_training_args(cfg, seed, steps, work), train_dataset=train,
+        trainer = Trainer(model=model, args=training_args(cfg, seed, steps, work), train_dataset=train,
                           data_collator=DataCollatorWithPadding(tokenizer))
         trainer.train()
         out = {}

@@ -179,6 +179,23 @@ def mean_token_f1(preds: Sequence[str], refs_list: Sequence[Sequence[str]]) -> f
     return _mean_over_examples(token_f1, preds, refs_list)
 
 
+def scrolls_token_f1(prediction: str, references: Sequence[str]) -> float:
+    """SCROLLS's F1 (qasper, narrative_qa): SQuAD normalization and token overlap, maximized over references.
+
+    Follows SCROLLS's metrics/f1.py, the SQuAD v1.1 rule: no shared token scores 0.0, so an empty
+    (normalized) prediction or reference scores 0.0 even against an empty one (token_f1 gives 1.0 there).
+    """
+    _check_references(references)
+    pred = normalize_answer(prediction).split()
+    return float(max(_token_f1_single(prediction, ref) if pred and normalize_answer(ref) else 0.0
+                     for ref in references))
+
+
+def mean_scrolls_token_f1(preds: Sequence[str], refs_list: Sequence[Sequence[str]]) -> float:
+    """scrolls_token_f1 averaged over examples; refs_list[i] holds the references of preds[i]."""
+    return _mean_over_examples(scrolls_token_f1, preds, refs_list)
+
+
 # --------------------------------------------------------------------------- LongBench
 
 

@@ -3,7 +3,10 @@
 SCROLLS rows are {"id", "input", "output"} with the query prepended to the document, separated by a blank
 line. contract_nli: query = the hypothesis, output = "Entailment" | "Contradiction" | "Not mentioned".
 quality: query = the question followed by four lines "(A) ..." .. "(D) ...", output = the correct option's
-text. Parsed here into {"query", "document", "options"?, "label"}.
+text. qasper: query = a question about an NLP paper, output = one reference answer ("Yes", "No",
+"Unanswerable", extractive spans or free text); a question with several references repeats once per
+reference under the same id. Parsed here into {"query", "document", "options"?, "label"} and, for qasper,
+{"id", "query", "document", "answers"} with the references of one id merged on the dev split.
 """
 from __future__ import annotations
 
@@ -22,23 +25,23 @@ _OPTION = re.compile(r"^\s*\(([A-D])\)\s*(.*?)\s*$")
 class ScrollsTask:
     name: str
     kind: str
-    """classification (labels from the data) | multiple_choice (4 options)."""
+    """classification (labels from the data) | multiple_choice (4 options) | extractive_qa (answer type + span)."""
     standin: str
-    """Which long stand-in replaces it offline (evals/standins.py)."""
+    """Which long stand-in replaces it offline (evals/standins.py; qasper's is evals/qasper_standin.py)."""
 
 
 TASKS = {
     "contract_nli": ScrollsTask("contract_nli", "classification", "nli"),
     "quality": ScrollsTask("quality", "multiple_choice", "multiple_choice"),
+    "qasper": ScrollsTask("qasper", "extractive_qa", "qasper"),
 }
 
-# Why the other five of the seven SCROLLS tasks are not scored: their outputs are free text.
+# Why the other four of the seven SCROLLS tasks are not scored: their outputs are free text.
 NOT_SCORED = {
     "gov_report": "abstractive summary (generation; ROUGE)",
     "summ_screen_fd": "abstractive summary (generation; ROUGE)",
     "qmsum": "query-based summary (generation; ROUGE)",
     "narrative_qa": "free-form answers written by annotators (generation; token F1)",
-    "qasper": "mixes extractive spans with free-form answers; the span + yes/no/unanswerable head is not built yet",
 }
 
 
@@ -76,7 +79,20 @@ def parse_row(task: ScrollsTask, record: dict[str, Any]) -> dict[str, Any]:
     if task.kind == "multiple_choice":
         return parse_quality(record["input"], record["output"])
     query, document = split_query(record["input"])
+    if task.kind == "extractive_qa":
+        return {"id": record["id"], "query": query, "document": document, "answers": [record["output"].strip()]}
     return {"query": query, "document": document, "label": record["output"].strip()}
+
+
+def group_references(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per id holding every reference answer of that id (how SCROLLS scores: max over references)."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["id"] in grouped:
+            grouped[row["id"]]["answers"] += row["answers"]
+        else:
+            grouped[row["id"]] = {**row, "answers": list(row["answers"])}
+    return list(grouped.values())
 
 
 def _records(task: ScrollsTask, split: str, data_dir: Optional[str]) -> Any:
@@ -117,6 +133,12 @@ def standin_splits(task: ScrollsTask, limit: Optional[int], target_tokens: int, 
     """HotpotQA-derived long rows in the parsed layout (evals/standins.py builds them)."""
     from .standins import LETTERS, long_standin
 
+    if task.kind == "extractive_qa":
+        from .qasper_standin import qasper_standin
+
+        rows = qasper_standin(limit=limit, target_tokens=target_tokens, tokenizer=tokenizer)
+        return {name: [{"id": r["id"], "query": r["question"], "document": r["context"], "answers": [r["answer"]]}
+                       for r in split] for name, split in rows.items()}
     splits = long_standin(task.standin, limit=limit, target_tokens=target_tokens, tokenizer=tokenizer)
     if task.kind == "multiple_choice":
         return {name: [{"query": r["question"], "document": r["context"], "options": r["options"],

@@ -24,6 +24,7 @@ AUTO_MAP = {
     "AutoModel": "hf_modeling.MegaconceptModel",
     "AutoModelForMaskedLM": "hf_modeling.MegaconceptForMaskedLM",
     "AutoModelForSequenceClassification": "hf_modeling.MegaconceptForSequenceClassification",
+    "AutoModelForQuestionAnswering": "hf_modeling.MegaconceptForQuestionAnswering",
 }
 
 

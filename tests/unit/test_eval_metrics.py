@@ -185,6 +185,36 @@ def test_mean_qa_metrics():
         M.mean_exact_match(["a"], [["a"], ["b"]])
 
 
+def test_scrolls_f1_empty_sides_score_zero():
+    # SCROLLS (SQuAD v1.1 rule): no shared token is 0.0, even when both sides are empty (token_f1 says 1.0).
+    assert M.scrolls_token_f1("", ["Unanswerable"]) == 0.0
+    assert M.scrolls_token_f1("Yes", [""]) == 0.0
+    assert M.scrolls_token_f1("", [""]) == 0.0
+    assert M.scrolls_token_f1("The.", ["a"]) == 0.0  # both normalize to zero tokens
+    assert M.scrolls_token_f1("", ["", "cat"]) == 0.0
+    with pytest.raises(ValueError):
+        M.scrolls_token_f1("cat", [])
+
+
+def test_scrolls_f1_normalizes_and_takes_the_best_reference():
+    assert M.scrolls_token_f1("The BERT model!", ["bert model"]) == 1.0  # case, punctuation, articles
+    assert M.scrolls_token_f1("yes", ["No", "Yes."]) == 1.0
+    # [bert, base] vs [bert, large, model]: P 1/2, R 1/3, F1 0.4; vs [bert]: P 1/2, R 1, F1 2/3
+    assert M.scrolls_token_f1("a BERT base", ["BERT large model"]) == pytest.approx(0.4)
+    assert M.scrolls_token_f1("BERT-base", ["bert base"]) == 0.0  # a hyphen is dropped, not a space: "bertbase"
+    assert M.scrolls_token_f1("the BERT, base", ["BERT large model", "bert"]) == pytest.approx(2 / 3)
+    assert M.scrolls_token_f1("cat cat", ["cat"]) == pytest.approx(2 / 3)  # multiplicity counts
+    for pred, refs in (("the cat sat", ["a cat sat down"]), ("dog", ["cat", "dog bark"])):
+        assert M.scrolls_token_f1(pred, refs) == pytest.approx(M.token_f1(pred, refs))  # agree off the edge case
+
+
+def test_mean_scrolls_f1():
+    preds, refs = ["Unanswerable", "", "cat sat"], [["unanswerable"], [""], ["a cat sat down", "dog"]]
+    assert M.mean_scrolls_token_f1(preds, refs) == pytest.approx((1.0 + 0.0 + 0.8) / 3)
+    with pytest.raises(ValueError):
+        M.mean_scrolls_token_f1(["a"], [])
+
+
 # --------------------------------------------------------------------------- LongBench
 
 TREC_LIKE = ["abbreviation", "abbreviation expansion", "animal", "city"]
