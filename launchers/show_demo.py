@@ -34,7 +34,7 @@ def concept_summary(metrics: Path) -> str:
     if not rows:
         return "not measured (analysis.interval=0)"
     r = rows[-1]
-    return (f"step {r['step']}: effective rank {r['concepts/effective_rank']:.1f} of {r['concepts/num_concepts']:.0f} "
+    return (f"step {r['step']}: held-out MLM loss {r['heldout_loss']:.3f}, effective rank {r['concepts/effective_rank']:.1f} of {r['concepts/num_concepts']:.0f} "
             f"concepts, mean pairwise cosine {r['concepts/mean_pairwise_cosine']:.3f}, "
             f"uniformity {r['concepts/uniformity']:.3f} (held-out batch)")
 

@@ -7,7 +7,6 @@ comment right under it. Cross-field rules live in :mod:`megaconcept.config.valid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..model.config import ConceptModelConfig
 

@@ -1,8 +1,9 @@
-"""Live concept health: concept metrics on a fixed held-out batch every `analysis.interval` steps, plus a
-collapse alarm (the failure a predecessor of this project hit: effective rank ~5 of 128 concepts)."""
+"""Live concept health and held-out loss: every `analysis.interval` steps, concept metrics of a fixed
+held-out batch, its MLM loss under a fixed masking, and a collapse alarm (the failure a predecessor of
+this project hit: effective rank ~5 of 128 concepts)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -13,15 +14,20 @@ from ..data.shards import Manifest
 from ..parallel import ParallelContext
 
 PREFIX = "concepts/"
+HELDOUT_MASK_SEED = 0x4E1D  # the same masked positions at every measurement, so losses compare across steps
 
 
 class ConceptMonitor:
     """Runs the model's encoder on the held-out batch. Every rank runs the forward (ZeRO-3 gathers and
     tensor-parallel layers need them all); rank 0 alone computes and reports the metrics."""
 
-    def __init__(self, cfg: AnalysisSection, manifest: Manifest, num_concepts: int, ctx: ParallelContext) -> None:
-        self.cfg, self.num_concepts, self.ctx = cfg, num_concepts, ctx
-        self.input_ids = torch.from_numpy(heldout_ids(manifest, cfg.heldout, cfg.samples)).to(ctx.device)
+    def __init__(self, cfg: AnalysisSection, manifest: Manifest, num_concepts: int, ctx: ParallelContext,
+                 collate: Callable[[torch.Tensor, torch.Generator], dict], ce_chunk_size: int) -> None:
+        self.cfg, self.num_concepts, self.ctx, self.ce_chunk_size = cfg, num_concepts, ctx, ce_chunk_size
+        ids = torch.from_numpy(heldout_ids(manifest, cfg.heldout, cfg.samples))
+        self.input_ids = ids.to(ctx.device)
+        masked = collate(ids, torch.Generator().manual_seed(HELDOUT_MASK_SEED))
+        self.masked = {k: v.to(ctx.device) for k, v in masked.items()}
         self.alarmed = False
 
     def due(self, step: int, last_step: int) -> bool:
@@ -36,14 +42,16 @@ class ConceptMonitor:
         try:
             # One decoded position keeps the decoder's share negligible; only the concepts are used.
             positions = torch.zeros(self.input_ids.shape[0], 1, dtype=torch.long, device=self.ctx.device)
-            engine(input_ids=self.input_ids, positions=positions)
+            engine(input_ids=self.input_ids, positions=positions)  # concepts of the clean text: captured[0]
+            loss = engine(**self.masked, ce_chunk_size=self.ce_chunk_size).loss
         finally:
             hook.remove()
             engine.train()
         if not self.ctx.is_main:
             return None
         metrics = concept_metrics(captured[0].float())
-        record: dict[str, Any] = {"step": step, **{PREFIX + k: v for k, v in metrics.items()}}
+        record: dict[str, Any] = {"step": step, "heldout_loss": float(loss),
+                                  **{PREFIX + k: v for k, v in metrics.items()}}
         floor = self.cfg.collapse_fraction * self.num_concepts
         if metrics["effective_rank"] < floor:
             record[PREFIX + "collapse_alarm"] = True
@@ -58,6 +66,6 @@ class ConceptMonitor:
 def summary_line(record: dict[str, Any], num_concepts: int) -> str:
     """The progress line of an analysis record."""
     get = lambda key: record[PREFIX + key]  # noqa: E731
-    return (f"step {record['step']:>6} | concepts: eff. rank {get('effective_rank'):.1f}/{num_concepts} "
+    return (f"step {record['step']:>6} | held-out loss {record['heldout_loss']:.4f} | concepts: eff. rank {get('effective_rank'):.1f}/{num_concepts} "
             f"(batch {get('global_effective_rank'):.1f}) | mean cos {get('mean_pairwise_cosine'):.3f} | "
             f"uniformity {get('uniformity'):.3f} | collapsed dims {get('collapsed_dims'):.0f}")

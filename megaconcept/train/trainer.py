@@ -86,7 +86,9 @@ class Trainer:
             self._say("concept analysis is off under pipeline parallelism (no stage holds every concept layer); "
                       "score an exported checkpoint with `python -m evals.concepts` instead")
             return None
-        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx)
+        collate = build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
+        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, collate,
+                              self.cfg.objective.ce_chunk_size)
 
     @property
     def pipelined(self) -> bool:

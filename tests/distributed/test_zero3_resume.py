@@ -57,6 +57,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, tiny_shards):
     for step, record in ref_health.items():
         assert 1.0 <= record["concepts/effective_rank"] <= record["concepts/num_concepts"]
         assert abs(record["concepts/effective_rank"] - res_health[step]["concepts/effective_rank"]) < 1e-6
+        assert abs(record["heldout_loss"] - res_health[step]["heldout_loss"]) < 1e-6
     kept = sorted(p.name for p in (res_dir / "checkpoints").glob("step_*"))
     assert kept == ["step_00000036", "step_00000040"]
     assert (res_dir / "checkpoints" / "latest").read_text() == "step_00000040"

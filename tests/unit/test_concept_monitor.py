@@ -1,15 +1,18 @@
 """Live concept analysis: the held-out shard leaves training, the monitor logs metrics and alarms once."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from megaconcept.config.schema import AnalysisSection
+from megaconcept.config.schema import AnalysisSection, MaskingSection
 from megaconcept.data.heldout import LAST_SHARD, heldout_ids, training_manifest
 from megaconcept.data.loader import build_train_stream
 from megaconcept.data.shards import read_manifest, read_shard
 from megaconcept.parallel import ParallelContext
 from megaconcept.train.analysis import ConceptMonitor, summary_line
+from megaconcept.train.builders import build_collator
 
 CTX = ParallelContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"),
                       backend="gloo")
@@ -46,7 +49,7 @@ class _Engine:
     def __init__(self, encoder: nn.Module) -> None:
         self.module = nn.Module()
         self.module.encoder = encoder
-        self.training = True
+        self.training, self.calls = True, []
 
     def eval(self) -> None:
         self.training = False
@@ -54,9 +57,11 @@ class _Engine:
     def train(self) -> None:
         self.training = True
 
-    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
-        assert not self.training and positions.shape == (input_ids.shape[0], 1)
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, labels=None, ce_chunk_size=None):
+        assert not self.training
+        self.calls.append((input_ids, positions, labels))
         self.module.encoder(input_ids)
+        return SimpleNamespace(loss=torch.tensor(float(len(self.calls))))
 
 
 class _Constant(nn.Module):
@@ -68,20 +73,30 @@ class _Constant(nn.Module):
         return self.concepts.expand(input_ids.shape[0], -1, -1)
 
 
+def _monitor(manifest, cfg):
+    collate = build_collator(MaskingSection(), manifest.mask_token_id, manifest.mask_token_id)
+    return ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX, collate=collate, ce_chunk_size=64)
+
+
 def test_monitor_logs_metrics_and_alarms_once_on_collapse(tiny_shards, capsys):
     manifest = read_manifest(str(tiny_shards))
     cfg = AnalysisSection(interval=5, samples=4, collapse_fraction=0.5)
-    collapsed = ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX)
+    collapsed = _monitor(manifest, cfg)
     engine = _Engine(_Constant(torch.ones(1, 8, 16)))  # 8 identical concepts: effective rank 1
     assert collapsed.due(5, 100) and collapsed.due(7, 7) and not collapsed.due(6, 100)
     first = collapsed.measure(engine, 5)
     second = collapsed.measure(engine, 10)
     assert engine.training  # back in train mode
+    # Per measurement: the clean held-out text (concepts), then the same fixed masking with labels (loss).
+    (clean, one, none), (masked, _, labels) = engine.calls[:2]
+    assert none is None and one.shape == (4, 1) and labels is not None
+    assert torch.equal(masked, engine.calls[3][0]) and not torch.equal(clean, masked)
+    assert first["heldout_loss"] == 2.0 and second["heldout_loss"] == 4.0
     assert first["concepts/effective_rank"] == pytest.approx(1.0) and first["concepts/collapse_alarm"]
     assert second["concepts/collapse_alarm"] and capsys.readouterr().out.count("WARNING: concept collapse") == 1
     assert "eff. rank 1.0/8" in summary_line(first, 8)
 
-    healthy = ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX)
+    healthy = _monitor(manifest, cfg)
     record = healthy.measure(_Engine(_Constant(torch.eye(8, 16)[None])), 5)  # orthogonal: effective rank 8
     assert record["concepts/effective_rank"] == pytest.approx(8.0) and "concepts/collapse_alarm" not in record
     assert "WARNING" not in capsys.readouterr().out
