@@ -34,7 +34,8 @@ def concept_summary(metrics: Path) -> str:
     if not rows:
         return "not measured (analysis.interval=0)"
     r = rows[-1]
-    return (f"step {r['step']}: held-out MLM loss {r['heldout_loss']:.3f}, effective rank {r['concepts/effective_rank']:.1f} of {r['concepts/num_concepts']:.0f} "
+    loss = f"held-out MLM loss {r['heldout_loss']:.3f}, " if "heldout_loss" in r else ""
+    return (f"step {r['step']}: {loss}effective rank {r['concepts/effective_rank']:.1f} of {r['concepts/num_concepts']:.0f} "
             f"concepts, mean pairwise cosine {r['concepts/mean_pairwise_cosine']:.3f}, "
             f"uniformity {r['concepts/uniformity']:.3f} (held-out batch)")
 
