@@ -111,7 +111,8 @@ class LoggingSection:
 class AnalysisSection:
     interval: int = 100
     """Steps between concept-health metrics (megaconcept.analysis.concept_metrics) on a held-out batch,
-    logged to metrics.jsonl; 0 = off. Skipped under pipeline parallelism (no stage holds all concepts)."""
+    logged to metrics.jsonl; 0 = off. Skipped under pipeline parallelism (no stage holds all concepts), where
+    the held-out shard still stays out of training so the data match a run without a pipeline."""
     heldout: str = "last_shard"
     """Where the held-out batch comes from: last_shard = the last shard of data.shards, then left out of
     training; or a shard directory written by data_prep.shard with the same tokenizer."""

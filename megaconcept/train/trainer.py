@@ -136,7 +136,8 @@ class Trainer:
             self.ctx.data_parallel_size, d.num_workers, collate,
             state=None if restart is not None else position or None, shuffle=d.shuffle,
             verify_checksums=d.verify_checksums, start_epoch=restart or 0,
-            heldout=self.cfg.analysis.heldout if self.monitor is not None else "",
+            # Held out whenever analysis is on, also where a pipeline skips it: same config, same data.
+            heldout=self.cfg.analysis.heldout if self.cfg.analysis.interval > 0 else "",
         )
 
     def _train_step(self, stream: Iterator) -> float:
