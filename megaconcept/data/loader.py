@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from megaconcept.data.heldout import training_manifest
+from megaconcept.data.heldout import LAST_SHARD, training_manifest
 from megaconcept.data.shards import Manifest, read_manifest, read_shard
 
 STATE_VERSION = 1
@@ -55,13 +55,15 @@ def worker_shards(num_shards: int, seed: int, epoch: int, shuffle: bool, rank: i
     return rank_shards[worker::num_logical_workers]
 
 
-def check_split(num_shards: int, world_size: int, num_logical_workers: int) -> None:
+def check_split(num_shards: int, world_size: int, num_logical_workers: int, held_out: bool = False) -> None:
     """Every rank x worker needs at least one shard per epoch, else its stream would be empty."""
     if num_shards // world_size < num_logical_workers:
+        also = (", or give the held-out analysis shard back (analysis.heldout=DIR or analysis.interval=0)"
+                if held_out else "")
         raise ValueError(
-            f"{num_shards} shards cannot feed {world_size} ranks x {num_logical_workers} data workers "
+            f"{num_shards} training shards cannot feed {world_size} ranks x {num_logical_workers} data workers "
             f"(need >= {world_size * num_logical_workers}); re-shard with a smaller --samples-per-shard "
-            "or lower data.num_workers")
+            f"or lower data.num_workers{also}")
 
 
 class _ShardStream(IterableDataset):
@@ -158,7 +160,7 @@ def build_train_stream(shard_dir: str, micro_batch_size: int, seed: int, rank: i
                          f"{micro_batch_size}, rank {rank}, world_size {world_size}")
     manifest = training_manifest(read_manifest(shard_dir), heldout)
     workers = max(1, num_workers)
-    check_split(len(manifest.shards), world_size, workers)
+    check_split(len(manifest.shards), world_size, workers, held_out=heldout == LAST_SHARD)
     current = _initial_state(manifest, seed, rank, world_size, workers, shuffle, micro_batch_size, start_epoch)
     if state is not None:
         _check_state(state, current)

@@ -100,3 +100,10 @@ def test_monitor_logs_metrics_and_alarms_once_on_collapse(tiny_shards, capsys):
     record = healthy.measure(_Engine(_Constant(torch.eye(8, 16)[None])), 5)  # orthogonal: effective rank 8
     assert record["concepts/effective_rank"] == pytest.approx(8.0) and "concepts/collapse_alarm" not in record
     assert "WARNING" not in capsys.readouterr().out
+
+
+def test_too_few_training_shards_names_the_held_out_one(tiny_shards):
+    num = len(read_manifest(str(tiny_shards)).shards)  # all of them feed `num` ranks; minus the held-out one not
+    next(build_train_stream(str(tiny_shards), 2, 0, 0, num, 0, lambda ids, gen: ids))
+    with pytest.raises(ValueError, match=f"{num - 1} training shards cannot feed {num} ranks.*held-out analysis shard"):
+        next(build_train_stream(str(tiny_shards), 2, 0, 0, num, 0, lambda ids, gen: ids, heldout=LAST_SHARD))

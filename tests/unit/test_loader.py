@@ -96,7 +96,7 @@ def test_resume_with_other_settings_is_refused(tiny_shards: Path) -> None:
 
 def test_too_few_shards_names_the_numbers(tiny_shards: Path) -> None:
     num = len(read_manifest(str(tiny_shards)).shards)
-    with pytest.raises(ValueError, match=f"{num} shards cannot feed 2 ranks x {num} data workers"):
+    with pytest.raises(ValueError, match=f"{num} training shards cannot feed 2 ranks x {num} data workers"):
         next(_stream(tiny_shards, num_workers=num))
 
 
