@@ -86,9 +86,11 @@ class Trainer:
             self._say("concept analysis is off under pipeline parallelism (no stage holds every concept layer); "
                       "score an exported checkpoint with `python -m evals.concepts` instead")
             return None
-        collate = build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
-        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, collate,
+        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator(),
                               self.cfg.objective.ce_chunk_size)
+
+    def _collator(self) -> Any:
+        return build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
 
     @property
     def pipelined(self) -> bool:
@@ -126,7 +128,7 @@ class Trainer:
 
     def _stream(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         d, position = self.cfg.data, self.state.data_position
-        collate = build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
+        collate = self._collator()
         restart = position.get(RESTART_EPOCH)
         if restart is not None:
             self._say(f"data-parallel size changed: the data stream restarts at epoch {restart}")
@@ -203,14 +205,14 @@ class Trainer:
             if self.state.step % t.log_interval == 0 or self.state.step == t.max_steps:
                 self.logger.log(self._record(losses, time.perf_counter() - tick))
                 losses, tick = [], time.perf_counter()
+            paused = time.perf_counter()  # analysis and checkpoints stay out of the throughput window
             if self.monitor is not None and self.monitor.due(self.state.step, t.max_steps):
                 self._analyse()
-                tick = time.perf_counter()
             if self.state.step % ck.interval == 0 or self.state.step == t.max_steps:
                 path = self.checkpointer.save(self.engine, self.state, self.config_yaml, self.tokenizer_dir,
                                               self.checkpoint_files)
                 self._say(f"checkpoint {path}")
-                tick = time.perf_counter()
+            tick += time.perf_counter() - paused
         self.logger.close()
         return self.state
 
