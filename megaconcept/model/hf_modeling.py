@@ -221,10 +221,11 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
     def __init__(self, config: MegaconceptConfig) -> None:
         super().__init__(config)
         cfg = config.to_model_config()
-        self.pool_decoded = pooling(config.classifier_pooling).decodes
+        choice = pooling(config.classifier_pooling)
+        self.pool_decoded = choice.decodes
         self.encoder = ConceptEncoder(cfg)
-        self.decoder = build_decoder(cfg)
-        self.pooler = pooling(config.classifier_pooling).build(cfg)
+        self.decoder = build_decoder(cfg)  # always: the span head reads its per-position states
+        self.pooler = choice.build(cfg)
         self.classifier = ClassificationHead(pooled_width(cfg, config.classifier_pooling), len(QA_ANSWER_TYPES),
                                              config.classifier_dropout)
         self.qa_outputs = nn.Linear(decoder_width(cfg), 2)
