@@ -1,0 +1,96 @@
+"""Compare training runs side by side at equal steps, from their RUN_DIR/metrics.jsonl files.
+
+    python -m launchers.compare_runs runs/warm runs/scratch [--every 100] [--metric loss heldout_loss ...]
+
+Each metric gets one table: a row per step that every run logged, a column per run, and, for two runs, the
+difference (second minus first) — e.g. the warm-started vs from-scratch comparison in the README. A closing
+line gives the mean of each column over the shared steps (``--from-step`` drops the warmup).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+DEFAULT_METRICS = ("loss", "heldout_loss", "concepts/effective_rank")
+
+
+def read_metrics(run_dir: Path) -> dict[int, dict]:
+    """``{step: record}`` with every logged key of that step merged (training and analysis lines)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: pass a run directory written by launchers/pretrain.py")
+    text = path.read_text()
+    lines = text.splitlines()
+    by_step: dict[int, dict] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # a live run is writing this line right now
+            raise ValueError(f"{path}:{number} is not JSON; the file is damaged (remove that line)") from None
+        by_step.setdefault(int(record["step"]), {}).update(record)
+    return by_step
+
+
+def metric_table(runs: dict[str, dict[int, dict]], metric: str, every: int = 1, from_step: int = 0
+                 ) -> Optional[list[str]]:
+    """Text lines of one metric's table, or None when the runs share no step that logged it."""
+    steps = sorted(set.intersection(*({s for s, r in rec.items() if metric in r} for rec in runs.values())))
+    steps = [s for s in steps if s >= from_step and s % every == 0]
+    if not steps:
+        return None
+    names = list(runs)
+    pair = len(names) == 2
+    width = max(12, *(len(n) for n in names))
+    header = f"{'step':>7} " + " ".join(f"{n:>{width}}" for n in names) + (f" {'diff':>9}" if pair else "")
+    lines = [f"== {metric}", header]
+    columns: list[list[float]] = [[] for _ in names]
+    for step in steps:
+        values = [float(runs[n][step][metric]) for n in names]
+        for column, value in zip(columns, values):
+            column.append(value)
+        diff = f" {values[1] - values[0]:>+9.3f}" if pair else ""
+        lines.append(f"{step:>7} " + " ".join(f"{v:>{width}.3f}" for v in values) + diff)
+    means = [math.fsum(c) / len(c) for c in columns]
+    diff = f" {means[1] - means[0]:>+9.3f}" if pair else ""
+    lines.append(f"{'mean':>7} " + " ".join(f"{m:>{width}.3f}" for m in means) + diff)
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (each holds metrics.jsonl)")
+    parser.add_argument("--metric", nargs="+", default=list(DEFAULT_METRICS),
+                        help=f"metrics.jsonl keys to compare (default: {' '.join(DEFAULT_METRICS)})")
+    parser.add_argument("--every", type=int, default=1, help="show only steps divisible by this")
+    parser.add_argument("--from-step", type=int, default=0, help="ignore steps before this (e.g. the warmup)")
+    args = parser.parse_args(argv)
+    if args.every < 1:
+        parser.error("--every must be >= 1")
+    names = [str(d) for d in args.run_dirs]
+    if len(set(names)) != len(names):
+        parser.error("the same run directory is given twice")
+    try:
+        runs = {name: read_metrics(d) for name, d in zip(names, args.run_dirs)}
+    except ValueError as error:
+        parser.exit(2, f"compare_runs: error: {error}\n")
+    shown = 0
+    for metric in args.metric:
+        lines = metric_table(runs, metric, args.every, args.from_step)
+        if lines is None:
+            print(f"== {metric}: not logged at a step shared by all runs")
+            continue
+        print("\n".join(lines))
+        shown += 1
+    if not shown:
+        parser.exit(2, "compare_runs: error: no metric was logged at a shared step; check --metric and the runs\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""launchers/compare_runs.py: side-by-side tables at the steps every run logged."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from launchers.compare_runs import main, metric_table, read_metrics
+
+
+def _run(tmp_path: Path, name: str, records: list[dict]) -> Path:
+    run = tmp_path / name
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    warm = _run(tmp_path, "warm", [
+        {"step": 10, "loss": 8.0}, {"step": 20, "loss": 7.0},
+        {"step": 20, "heldout_loss": 7.5, "concepts/effective_rank": 30.0}, {"step": 30, "loss": 6.0}])
+    scratch = _run(tmp_path, "scratch", [
+        {"step": 10, "loss": 9.0}, {"step": 20, "loss": 7.5}, {"step": 20, "heldout_loss": 8.0}])
+    return warm, scratch
+
+
+def test_records_of_one_step_merge(runs):
+    assert read_metrics(runs[0])[20] == {"step": 20, "loss": 7.0, "heldout_loss": 7.5,
+                                         "concepts/effective_rank": 30.0}
+
+
+def test_table_rows_are_the_shared_steps_with_difference_and_mean(runs):
+    data = {"warm": read_metrics(runs[0]), "scratch": read_metrics(runs[1])}
+    lines = metric_table(data, "loss")
+    rows = [line.split() for line in lines[2:]]
+    assert rows == [["10", "8.000", "9.000", "+1.000"], ["20", "7.000", "7.500", "+0.500"],
+                    ["mean", "7.500", "8.250", "+0.750"]]  # step 30 exists in one run only
+    assert [r[0] for r in (line.split() for line in metric_table(data, "loss", every=20)[2:])] == ["20", "mean"]
+    assert [r[0] for r in (line.split() for line in metric_table(data, "loss", from_step=15)[2:])] == ["20", "mean"]
+    assert metric_table(data, "concepts/effective_rank") is None  # logged by one run only
+
+
+def test_cli_prints_each_metric(runs, capsys):
+    main([str(runs[0]), str(runs[1]), "--metric", "loss", "heldout_loss", "concepts/effective_rank"])
+    out = capsys.readouterr().out
+    assert "== loss" in out and "== heldout_loss" in out and "+0.500" in out
+    assert "concepts/effective_rank: not logged at a step shared by all runs" in out
+
+
+def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(runs[0]), str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "metrics.jsonl not found" in capsys.readouterr().err
+    damaged = _run(tmp_path, "damaged", [{"step": 10, "loss": 1.0}])
+    with (damaged / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 20, "lo')
+    assert set(read_metrics(damaged)) == {10}  # a line a live run is still writing is left out
+    with (damaged / "metrics.jsonl").open("a") as f:
+        f.write('\n')
+    with pytest.raises(SystemExit):
+        main([str(runs[0]), str(damaged)])
+    err = capsys.readouterr().err
+    assert "metrics.jsonl:2 is not JSON" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(runs[0]), str(runs[1]), "--metric", "nothing"])
+    assert exit_info.value.code == 2
