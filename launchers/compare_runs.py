@@ -55,12 +55,15 @@ def metric_table(runs: dict[str, dict[int, dict]], metric: str, every: int = 1, 
         values = [float(runs[n][step][metric]) for n in names]
         for column, value in zip(columns, values):
             column.append(value)
-        diff = f" {values[1] - values[0]:>+9.3f}" if pair else ""
-        lines.append(f"{step:>7} " + " ".join(f"{v:>{width}.3f}" for v in values) + diff)
-    means = [math.fsum(c) / len(c) for c in columns]
-    diff = f" {means[1] - means[0]:>+9.3f}" if pair else ""
-    lines.append(f"{'mean':>7} " + " ".join(f"{m:>{width}.3f}" for m in means) + diff)
+        lines.append(_row(str(step), values, width, pair))
+    lines.append(_row("mean", [math.fsum(c) / len(c) for c in columns], width, pair))
     return lines
+
+
+def _row(label: str, values: list[float], width: int, pair: bool) -> str:
+    # 4 significant digits: losses read 7.446, learning rates 0.000999 (a fixed 3 decimals would show 0.001).
+    diff = f" {values[1] - values[0]:>+9.3g}" if pair else ""
+    return f"{label:>7} " + " ".join(f"{v:>{width}.4g}" for v in values) + diff
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -35,8 +35,8 @@ def test_table_rows_are_the_shared_steps_with_difference_and_mean(runs):
     data = {"warm": read_metrics(runs[0]), "scratch": read_metrics(runs[1])}
     lines = metric_table(data, "loss")
     rows = [line.split() for line in lines[2:]]
-    assert rows == [["10", "8.000", "9.000", "+1.000"], ["20", "7.000", "7.500", "+0.500"],
-                    ["mean", "7.500", "8.250", "+0.750"]]  # step 30 exists in one run only
+    assert rows == [["10", "8", "9", "+1"], ["20", "7", "7.5", "+0.5"],
+                    ["mean", "7.5", "8.25", "+0.75"]]  # step 30 exists in one run only
     assert [r[0] for r in (line.split() for line in metric_table(data, "loss", every=20)[2:])] == ["20", "mean"]
     assert [r[0] for r in (line.split() for line in metric_table(data, "loss", from_step=15)[2:])] == ["20", "mean"]
     assert metric_table(data, "concepts/effective_rank") is None  # logged by one run only
@@ -45,8 +45,14 @@ def test_table_rows_are_the_shared_steps_with_difference_and_mean(runs):
 def test_cli_prints_each_metric(runs, capsys):
     main([str(runs[0]), str(runs[1]), "--metric", "loss", "heldout_loss", "concepts/effective_rank"])
     out = capsys.readouterr().out
-    assert "== loss" in out and "== heldout_loss" in out and "+0.500" in out
+    assert "== loss" in out and "== heldout_loss" in out and "+0.5" in out
     assert "concepts/effective_rank: not logged at a step shared by all runs" in out
+
+
+def test_small_values_keep_their_digits(tmp_path):
+    a = read_metrics(_run(tmp_path, "a", [{"step": 1, "lr": 9.99e-4}]))
+    b = read_metrics(_run(tmp_path, "b", [{"step": 1, "lr": 1.0e-3}]))
+    assert metric_table({"a": a, "b": b}, "lr")[2].split() == ["1", "0.000999", "0.001", "+1e-06"]
 
 
 def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
