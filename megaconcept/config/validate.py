@@ -68,12 +68,13 @@ def _optimizer(cfg: RunConfig) -> Optional[str]:
 
 def _registries(cfg: RunConfig) -> Optional[str]:
     # Imported here: the registries live with their components, the config only names them.
-    from ..model.decoders import DECODERS
+    from ..model.decoders import DECODERS, POSITION_QUERIES
     from ..model.layers import ATTENTION
     from ..objectives.masking import MASKING
 
     for key, value, registry in (
         ("model.decoder", cfg.model.decoder, DECODERS),
+        ("model.decoder_positions", cfg.model.decoder_positions, POSITION_QUERIES),
         ("model.attention", cfg.model.attention, ATTENTION),
         ("objective.masking.strategy", cfg.objective.masking.strategy, MASKING),
     ):

@@ -20,7 +20,8 @@ def _architecture_rows(cfg: ConceptModelConfig, num_params: int) -> str:
         ("attention heads", str(cfg.num_heads)),
         ("gated-MLP hidden size", str(cfg.mlp_dim)),
         ("decoder", f"{cfg.decoder}, {cfg.decoder_layers} layer(s)"),
-        ("max sequence length", str(cfg.max_position_embeddings)),
+        ("max sequence length", "no limit (RoPE backbone, sinusoidal decoder queries)" if cfg.max_length is None
+         else str(cfg.max_length)),
         ("LM head tied to token embedding", "yes" if cfg.tie_word_embeddings else "no"),
     ]
     return "\n".join(f"| {name} | {value} |" for name, value in rows)

@@ -23,17 +23,26 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables computed on the fly, so any sequence length works (no trained length limit)."""
+    """cos/sin tables computed on the fly, so any sequence length works (no trained length limit).
+
+    The frequencies are recomputed each call (Dh/2 numbers) rather than kept in a non-persistent buffer:
+    transformers 5 builds a model on the meta device in `from_pretrained`, and a buffer that is not in the
+    checkpoint is left as uninitialized memory there, which gave exported backbones garbage rotations.
+    """
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """(Dh/2,) fp32 rotation frequencies, the formula of HF's Llama (default rope type)."""
+        steps = torch.arange(0, self.head_dim, 2, dtype=torch.float, device=device)
+        return 1.0 / (self.theta ** (steps / self.head_dim))
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """-> cos, sin of shape (N, Dh), computed in fp32 then cast."""
         positions = torch.arange(seq_len, device=device, dtype=torch.float)
-        freqs = torch.outer(positions, self.inv_freq.to(device))  # (N, Dh/2)
+        freqs = torch.outer(positions, self.inv_freq(device))  # (N, Dh/2)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -33,6 +33,7 @@ def encode_decode(
     """input_ids (B, N) -> decoded states (B, M, D) at `positions` (B, M), default all N. Shared with the HF wrapper."""
     concepts = encoder(input_ids, attention_mask)  # (B, C, D)
     if positions is None:
+        decoder.check_length(input_ids.shape[1])
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
     return decoder(concepts, positions)
 

@@ -67,8 +67,13 @@ class ConceptModelConfig:
     """Decoder registry key (see megaconcept.model.decoders.DECODERS)."""
     decoder_layers: int = 1
     """Decoder layers: position queries cross-attend to the concepts."""
+    decoder_positions: str = "learned"
+    """Decoder position queries: learned = a table of max_position_embeddings rows; sinusoidal = fixed sin/cos
+    features of the position through a learned projection, defined at any position. With a RoPE backbone
+    and sinusoidal queries no part of the model has a length limit (see max_length)."""
     max_position_embeddings: int = 512
-    """Longest sequence the learned position tables cover."""
+    """Longest sequence the learned position tables cover (encoder positions without a backbone, learned
+    decoder queries)."""
     dropout: float = 0.0
     """Dropout on attention outputs and MLPs."""
     tie_word_embeddings: bool = True
@@ -91,6 +96,14 @@ class ConceptModelConfig:
     def token_dim(self) -> int:
         """Width of token states: the backbone's when there is one, else the concept width."""
         return self.backbone.hidden_size if self.backbone.enabled else self.concept_dim
+
+    @property
+    def max_length(self) -> Optional[int]:
+        """Longest sequence the model can encode and decode; None = no limit (RoPE backbone and sinusoidal
+        decoder queries: nothing is a table indexed by position)."""
+        if self.backbone.enabled and self.decoder_positions == "sinusoidal":
+            return None
+        return self.max_position_embeddings
 
     @property
     def head_dim(self) -> int:

@@ -7,21 +7,46 @@ import torch
 from torch import nn
 
 from .config import ConceptModelConfig
-from .layers import CrossAttentionBlock, MLPBlock
+from .layers import CrossAttentionBlock, MLPBlock, sinusoidal_features
+
+
+class SinusoidalQueries(nn.Module):
+    """Position queries with no length limit: fixed sin/cos features of the position, learned projection.
+
+    A learned table stops at max_position_embeddings, so a model with a RoPE backbone could encode 8192
+    tokens but decode only the first rows of its table. The concepts carry the same sinusoidal features
+    (encoder.ReadPositions), so a query and the concept that read position p can learn to match.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions (B, M) int -> queries (B, M, D)."""
+        return self.proj(sinusoidal_features(positions, self.dim, self.proj.weight.dtype))
+
+
+POSITION_QUERIES: dict[str, Callable[[ConceptModelConfig], nn.Module]] = {
+    "learned": lambda cfg: nn.Embedding(cfg.max_position_embeddings, cfg.concept_dim),
+    "sinusoidal": lambda cfg: SinusoidalQueries(cfg.concept_dim),
+}
 
 
 class PerceiverMLMDecoder(nn.Module):
     """Position queries cross-attend to the concepts; each position is decoded independently.
 
-    Queries carry only *where* (a learned position vector), never the input token, so the decoder has no
-    shortcut around the concept bottleneck. Because positions never attend to each other, decoding only
+    Queries carry only *where* (a position vector, `model.decoder_positions`), never the input token, so
+    the decoder has no shortcut around the concept bottleneck. Because positions never attend to each other, decoding only
     the masked positions (sparse decoding) gives exactly the states a full decode would give there.
     """
 
     def __init__(self, cfg: ConceptModelConfig) -> None:
         super().__init__()
         d = cfg.concept_dim
-        self.position_queries = nn.Embedding(cfg.max_position_embeddings, d)
+        self.position_queries = POSITION_QUERIES[cfg.decoder_positions](cfg)
+        self.max_positions = cfg.max_position_embeddings if cfg.decoder_positions == "learned" else None
         self.cross = nn.ModuleList(
             CrossAttentionBlock(d, cfg.num_heads, cfg.norm_eps, cfg.dropout, cfg.attention)
             for _ in range(cfg.decoder_layers)
@@ -31,6 +56,15 @@ class PerceiverMLMDecoder(nn.Module):
         # A tied LM head lives at the token width; project when the concept path is wider or narrower.
         out = cfg.token_dim if cfg.tie_word_embeddings else d
         self.out_proj = nn.Linear(d, out, bias=False) if out != d else None
+
+    def check_length(self, n: int) -> None:
+        """Refuse, by shape alone (no device sync), to decode positions 0..n-1 past a learned table."""
+        if self.max_positions is not None and n > self.max_positions:
+            raise ValueError(
+                f"decoding {n} positions exceeds the decoder's learned table of max_position_embeddings="
+                f"{self.max_positions}; a model with a RoPE backbone and model.decoder_positions=sinusoidal "
+                f"decodes any length"
+            )
 
     def forward(self, concepts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """concepts (B, C, D), positions (B, M) int -> decoded states (B, M, D or token_dim)."""

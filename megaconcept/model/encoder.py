@@ -15,18 +15,10 @@ from torch import nn
 
 from .backbone import Backbone
 from .config import ConceptModelConfig
-from .layers import CrossAttentionBlock, MLPBlock, SelfAttentionBlock
+from .layers import CrossAttentionBlock, MLPBlock, SelfAttentionBlock, sinusoidal_features
 
 
 READ_POSITIONS = ("sinusoidal", "none")
-
-
-def sinusoidal_positions(n: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(n, dim) sin/cos features of positions 0..n-1 (Vaswani et al., base 10000): defined at any length."""
-    position = torch.arange(n, device=device, dtype=torch.float32)[:, None]
-    inv_freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    angles = position * inv_freq  # (n, ceil(dim / 2))
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :dim].to(dtype)
 
 
 class ReadPositions(nn.Module):
@@ -45,7 +37,7 @@ class ReadPositions(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, Dt) -> tokens + P(sinusoid) (B, N, Dt)."""
-        features = sinusoidal_positions(tokens.shape[1], tokens.shape[-1], tokens.device, tokens.dtype)
+        features = sinusoidal_features(torch.arange(tokens.shape[1], device=tokens.device), tokens.shape[-1], tokens.dtype)
         return tokens + F.linear(features, self.weight.to(tokens.dtype))
 
 

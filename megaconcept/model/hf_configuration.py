@@ -37,6 +37,7 @@ class MegaconceptConfig(PretrainedConfig):
     mlp_ratio: float = _DEFAULTS.mlp_ratio
     decoder: str = _DEFAULTS.decoder
     decoder_layers: int = _DEFAULTS.decoder_layers
+    decoder_positions: str = _DEFAULTS.decoder_positions
     max_position_embeddings: int = _DEFAULTS.max_position_embeddings
     dropout: float = _DEFAULTS.dropout
     tie_word_embeddings: bool = _DEFAULTS.tie_word_embeddings

@@ -211,8 +211,8 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
     encoder produces. The pretrained decoder is what maps concepts back to positions (queries 0..N-1):
     pretraining taught it to reconstruct every position's token from the concepts, so its states are the
     natural per-position features; a fresh per-position head would have to learn that mapping from the
-    task's few examples. Its learned position table caps the input at `max_position_embeddings` tokens,
-    even with a RoPE backbone. The type head pools like sequence classification (`classifier_pooling`).
+    task's few examples. Learned decoder queries cap the input at `max_position_embeddings` tokens, even
+    with a RoPE backbone (sinusoidal ones do not). The type head pools like sequence classification (`classifier_pooling`).
     Encoder and decoder load from an exported MLM folder by name; pooler, type head and span head start fresh.
     """
 
@@ -247,10 +247,7 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
         Loss = cross-entropy over the answer type (when given) + the mean of the start and end cross-entropies
         over the span rows only (answer_type == span; every row when answer_type is not given).
         """
-        limit = self.config.max_position_embeddings
-        if input_ids.shape[1] > limit:
-            raise ValueError(f"{input_ids.shape[1]} input tokens exceed max_position_embeddings {limit}: the span "
-                             f"head decodes every position with the decoder's learned position queries")
+        self.decoder.check_length(input_ids.shape[1])  # the span head decodes every position
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)

@@ -33,6 +33,15 @@ def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
 ATTENTION: dict[str, AttentionFn] = {"sdpa": _sdpa, "eager": _eager}
 
 
+def sinusoidal_features(positions: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """positions (...) int -> (..., dim) sin/cos features (Vaswani et al., base 10000): defined at any position,
+    so modules built on them have no length limit."""
+    inv_freq = torch.exp(torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+                         * (-math.log(10000.0) / dim))
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., ceil(dim / 2))
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[..., :dim].to(dtype)
+
+
 def attention_backend(name: str) -> AttentionFn:
     if name not in ATTENTION:
         raise ValueError(f"unknown attention backend {name!r}; valid: {sorted(ATTENTION)}")

@@ -27,7 +27,7 @@ def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int) ->
             f"model.vocab_size={vocab} is smaller than the shards' tokenizer ({shard_vocab} ids incl. mask); "
             f"leave model.vocab_size unset"
         )
-    if seq_len > section.max_position_embeddings:
+    if section.max_length is not None and seq_len > section.max_length:
         raise DataModelMismatch(
             f"shards hold samples of {seq_len} tokens but model.max_position_embeddings="
             f"{section.max_position_embeddings}; raise it to at least {seq_len}"

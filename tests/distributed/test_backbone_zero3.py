@@ -1,5 +1,6 @@
 """Warm-started backbone under 2-process ZeRO-3: weights reach every partition, freezing holds them fixed,
-resume continues, and the export carries the backbone."""
+resume continues, and the export carries the backbone. The model uses sinusoidal decoder queries, so it
+trains on 64-token samples with an 8-row max_position_embeddings (no part of it is a position table)."""
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -33,7 +34,7 @@ def test_warm_start_freeze_resume_export(tmp_path, tiny_shards, llama_dir):
         "model.backbone.num_kv_heads=2", "model.backbone.intermediate_size=96", "model.backbone.rope_theta=10000",
         "model.backbone.source_layers=[0,2]", f"model.backbone.init_from={llama_dir}",
         "model.backbone.layout=interleaved", "model.num_layers=2", "train.backbone_freeze_steps=3",
-        "train.backbone_lr_mult=0.5",
+        "train.backbone_lr_mult=0.5", "model.decoder_positions=sinusoidal", "model.max_position_embeddings=8",
     ]
     out = run(torchrun_cmd(2, "ds_configs/zero3.json", common + ["train.max_steps=3"]))
     assert "warm start from" in out.stdout and "0 source tensors unused" not in out.stdout
@@ -46,3 +47,4 @@ def test_warm_start_freeze_resume_export(tmp_path, tiny_shards, llama_dir):
     assert not torch.equal(trained["encoder.backbone.layers.0.self_attn.q_proj.weight"],
                            source["model.layers.0.self_attn.q_proj.weight"])
     assert sorted(losses(run_dir)) == [1, 2, 3, 4, 5]
+    assert "decoder.position_queries.proj.weight" in trained and "decoder.position_queries.weight" not in trained

@@ -1,5 +1,6 @@
 """The token backbone against the HF Llama it is warm-started from."""
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
 from megaconcept.model.warmstart import warm_start
+from megaconcept.train.builders import DataModelMismatch, model_config
 
 LLAMA = dict(vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
              num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
@@ -23,11 +25,12 @@ def llama_dir(tmp_path_factory):
     return str(path)
 
 
-def _model(causal: bool, layers=3, source_layers=None, vocab=121, layout="last", concept_dim=32) -> ConceptMLM:
+def _model(causal: bool, layers=3, source_layers=None, vocab=121, layout="last", concept_dim=32,
+           decoder_positions="learned") -> ConceptMLM:
     backbone = BackboneConfig(num_layers=layers, hidden_size=48, num_heads=6, num_kv_heads=2, intermediate_size=96,
                               rope_theta=10000.0, causal=causal, source_layers=source_layers, layout=layout)
     return ConceptMLM(ConceptModelConfig(vocab_size=vocab, num_concepts=4, concept_dim=concept_dim, num_heads=4,
-                                         num_layers=2, backbone=backbone))
+                                         num_layers=2, backbone=backbone, decoder_positions=decoder_positions))
 
 
 def _hidden(model: ConceptMLM, ids: torch.Tensor) -> torch.Tensor:
@@ -62,9 +65,38 @@ def test_layer_subset_and_long_sequences(llama_dir):
     assert torch.equal(model.encoder.backbone.layers[1].mlp.up_proj.weight, source.layers[2].mlp.up_proj.weight)
     assert any(k.startswith("model.layers.1.") for k in report.unexpected)
     assert model.encoder.depths == [1, 2]
-    with torch.no_grad():  # RoPE has no trained length limit: 8192 tokens run (decoder table permitting)
+    with torch.no_grad():  # RoPE has no trained length limit: 8192 tokens run through the encoder
         out = model.encoder(torch.randint(0, 120, (1, 8192)))
     assert out.shape == (1, 4, 32) and torch.isfinite(out).all()
+
+
+def test_training_length_check_follows_the_position_tables():
+    learned = ConceptModelConfig(max_position_embeddings=64, backbone=BackboneConfig(num_layers=1))
+    with pytest.raises(DataModelMismatch, match="samples of 128 tokens but model.max_position_embeddings=64"):
+        model_config(learned, 100, 128)
+    free = replace(learned, decoder_positions="sinusoidal")  # RoPE backbone + sinusoidal queries: no table
+    assert model_config(free, 100, 128).vocab_size == 100
+    with pytest.raises(DataModelMismatch):  # no backbone: the encoder's learned positions still cap it
+        model_config(replace(free, backbone=BackboneConfig()), 100, 128)
+
+
+def test_sinusoidal_decoder_queries_decode_any_length():
+    torch.manual_seed(0)
+    model = _model(causal=False, decoder_positions="sinusoidal").eval()
+    assert model.config.max_length is None and model.config.max_position_embeddings == 512
+    ids = torch.randint(0, 120, (1, 8192))
+    sparse = torch.tensor([[3, 511, 512, 4000, 8191]])
+    with torch.no_grad():
+        full = model(ids).states  # every one of the 8192 positions
+        picked = model(ids, positions=sparse, labels=ids.gather(1, sparse))
+    assert full.shape == (1, 8192, 48) and torch.isfinite(full).all()
+    # Sparse decoding past the old table gives exactly the full decode's rows, and distinct positions differ.
+    torch.testing.assert_close(picked.states, full[:, sparse[0]], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full[0, 512], full[0, 4000]) and torch.isfinite(picked.loss)
+    learned = _model(causal=False).eval()
+    with pytest.raises(ValueError, match="decoding 8192 positions exceeds the decoder's learned table of "
+                                         "max_position_embeddings=512"):
+        learned(ids)
 
 
 @pytest.mark.parametrize(

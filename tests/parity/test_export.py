@@ -24,7 +24,7 @@ from megaconcept.export.gather import check_against_native, strip_wrapper_prefix
 from megaconcept.model import ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
 from megaconcept.model.hf_configuration import MegaconceptConfig
-from megaconcept.model.hf_modeling import MegaconceptForMaskedLM
+from megaconcept.model.hf_modeling import MegaconceptForMaskedLM, MegaconceptModel
 
 ROOT = Path(__file__).resolve().parents[2]
 MAKE_CHECKPOINT = Path(__file__).with_name("_make_checkpoint.py")
@@ -272,3 +272,29 @@ def test_untied_head_round_trips(tmp_path: Path) -> None:
         assert torch.equal(loaded(ids).logits, native.logits(native(ids).states))
         loss = loaded(ids, labels=torch.full_like(ids, -100).index_fill_(1, torch.tensor([3]), 5)).loss
     assert torch.isfinite(loss)
+
+
+def test_backbone_round_trips_past_the_table(tmp_path: Path) -> None:
+    """A RoPE backbone with sinusoidal decoder queries, saved and loaded through transformers: the loaded
+    model computes exactly the native model's states and logits, also on more tokens than the 8-row table.
+    A large init_std makes attention sharp, so wrong rotation frequencies could not hide in uniform weights
+    (transformers 5 once left a non-persistent frequency buffer uninitialized on load)."""
+    from megaconcept.model import ConceptMLM
+
+    torch.manual_seed(0)
+    backbone = BackboneConfig(num_layers=1, hidden_size=24, num_heads=3, num_kv_heads=1, intermediate_size=48)
+    cfg = ConceptModelConfig(vocab_size=40, num_concepts=4, concept_dim=12, num_layers=1, num_heads=3, init_std=0.5,
+                             max_position_embeddings=8, decoder_positions="sinusoidal", backbone=backbone)
+    native = ConceptMLM(cfg).eval()
+    saved = MegaconceptForMaskedLM(MegaconceptConfig.from_model_config(cfg))
+    saved.load_state_dict(native.state_dict(), strict=True)
+    saved.save_pretrained(str(tmp_path))
+    loaded = MegaconceptForMaskedLM.from_pretrained(str(tmp_path)).eval()
+    encoder_only = MegaconceptModel.from_pretrained(str(tmp_path)).eval()
+    assert loaded.config.decoder_positions == "sinusoidal"
+    ids = torch.randint(0, 40, (2, 30))  # longer than the 8-row max_position_embeddings
+    with torch.no_grad():
+        states = native.encoder.backbone(native.encoder.token_embed(ids))[-1]
+        assert torch.equal(loaded.encoder.backbone(loaded.encoder.token_embed(ids))[-1], states)
+        assert torch.equal(encoder_only(ids).last_hidden_state, native.encoder(ids))
+        assert torch.equal(loaded(ids).logits, native.logits(native(ids).states))
