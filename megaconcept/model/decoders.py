@@ -38,8 +38,9 @@ class PerceiverMLMDecoder(nn.Module):
     """Position queries cross-attend to the concepts; each position is decoded independently.
 
     Queries carry only *where* (a position vector, `model.decoder_positions`), never the input token, so
-    the decoder has no shortcut around the concept bottleneck. Because positions never attend to each other, decoding only
-    the masked positions (sparse decoding) gives exactly the states a full decode would give there.
+    the decoder has no shortcut around the concept bottleneck. Because positions never attend to each
+    other, decoding only the masked positions (sparse decoding) gives exactly the states a full decode
+    would give there.
     """
 
     def __init__(self, cfg: ConceptModelConfig) -> None:

@@ -37,7 +37,8 @@ class ReadPositions(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, Dt) -> tokens + P(sinusoid) (B, N, Dt)."""
-        features = sinusoidal_features(torch.arange(tokens.shape[1], device=tokens.device), tokens.shape[-1], tokens.dtype)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        features = sinusoidal_features(positions, tokens.shape[-1], tokens.dtype)
         return tokens + F.linear(features, self.weight.to(tokens.dtype))
 
 

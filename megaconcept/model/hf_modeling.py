@@ -212,7 +212,8 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
     pretraining taught it to reconstruct every position's token from the concepts, so its states are the
     natural per-position features; a fresh per-position head would have to learn that mapping from the
     task's few examples. Learned decoder queries cap the input at `max_position_embeddings` tokens, even
-    with a RoPE backbone (sinusoidal ones do not). The type head pools like sequence classification (`classifier_pooling`).
+    with a RoPE backbone (sinusoidal ones do not). The type head pools like sequence classification
+    (`classifier_pooling`).
     Encoder and decoder load from an exported MLM folder by name; pooler, type head and span head start fresh.
     """
 
