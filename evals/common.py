@@ -33,14 +33,15 @@ def check_model_dir(model: str) -> Path:
 
 
 def check_length(model_dir: Path, max_length: int, pooling: str) -> None:
-    """Learned positions (no backbone) and decoder pooling with learned position queries cap the input length."""
-    config = json.loads((model_dir / "config.json").read_text())
-    limit = config.get("max_position_embeddings")
-    rope = (config.get("backbone") or {}).get("num_layers", 0) > 0  # a backbone carries positions by RoPE
-    table_queries = config.get("decoder_positions", "learned") == "learned"  # sinusoidal ones have no limit
-    if limit and (not rope or (pooling == "decoder" and table_queries)) and max_length > limit:
-        why = ("decoding every position (decoder pooling, qasper's span head) uses learned position queries"
-               if rope else "the model has learned positions")
+    """Learned positions (no backbone) and decoder pooling with learned position queries cap the input length
+    (the model config's own `encoder_max_length` / `max_length`)."""
+    from megaconcept.model.hf_configuration import MegaconceptConfig
+
+    cfg = MegaconceptConfig.from_pretrained(str(model_dir)).to_model_config()
+    limit = cfg.max_length if pooling == "decoder" else cfg.encoder_max_length
+    if limit is not None and max_length > limit:
+        why = ("the model has learned positions" if cfg.encoder_max_length is not None else
+               "decoding every position (decoder pooling, qasper's span head) uses learned position queries")
         raise EvalError(f"--max-length {max_length} exceeds the model's max_position_embeddings {limit} ({why}); "
                         f"use --max-length {limit}")
 

@@ -98,12 +98,15 @@ class ConceptModelConfig:
         return self.backbone.hidden_size if self.backbone.enabled else self.concept_dim
 
     @property
+    def encoder_max_length(self) -> Optional[int]:
+        """Longest sequence the encoder alone takes; None = no limit (a RoPE backbone carries positions)."""
+        return None if self.backbone.enabled else self.max_position_embeddings
+
+    @property
     def max_length(self) -> Optional[int]:
         """Longest sequence the model can encode and decode; None = no limit (RoPE backbone and sinusoidal
         decoder queries: nothing is a table indexed by position)."""
-        if self.backbone.enabled and self.decoder_positions == "sinusoidal":
-            return None
-        return self.max_position_embeddings
+        return self.max_position_embeddings if self.decoder_positions == "learned" else self.encoder_max_length
 
     @property
     def head_dim(self) -> int:

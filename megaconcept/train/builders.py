@@ -30,7 +30,8 @@ def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int) ->
     if section.max_length is not None and seq_len > section.max_length:
         raise DataModelMismatch(
             f"shards hold samples of {seq_len} tokens but model.max_position_embeddings="
-            f"{section.max_position_embeddings}; raise it to at least {seq_len}"
+            f"{section.max_position_embeddings}; raise it to at least {seq_len} (with a backbone, "
+            f"model.decoder_positions=sinusoidal removes the limit)"
         )
     return replace(section, vocab_size=vocab)
 

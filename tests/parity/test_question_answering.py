@@ -90,5 +90,6 @@ def test_training_lowers_the_loss_and_reaches_the_encoder(mlm_folder):
 def test_inputs_past_the_position_table_are_a_clear_error(mlm_folder):
     model = _load(mlm_folder[0])
     too_long = CFG.max_position_embeddings + 1
-    with pytest.raises(ValueError, match=f"decoding {too_long} positions exceeds the decoder's learned table of max_position_embeddings=64"):
+    message = f"decoding {too_long} positions exceeds the decoder's learned table of max_position_embeddings=64"
+    with pytest.raises(ValueError, match=message):
         model(input_ids=torch.zeros(1, too_long, dtype=torch.long))
