@@ -12,8 +12,8 @@ the concepts share the tokens in the last concept layer's cross-attention:
   attention entropy  per concept, the entropy of its head-averaged attention over a sample's real tokens
                    divided by log(real tokens), averaged over samples (1 = uniform, 0 = one token)
 
-The attention weights are recomputed from the inputs of `encoder.layers[-1].cross` (captured by a forward
-hook) with the block's own norms, projections and key mask, since SDPA returns no weights.
+The attention weights are the exported model's own (`output_attentions=True`: each concept layer's exact
+cross-attention softmax), of the last concept layer.
 `--data` is a shard directory of `python -m data_prep.shard` (manifest.json + *.tar, each packed row one
 input, cut to --max-length) or a text file: .txt (one document per line) or .jsonl (a "text" field per line),
 tokenized with the exported tokenizer as pretraining saw documents (tokens + eos).
@@ -21,7 +21,6 @@ tokenized with the exported tokenizer as pretraining saw documents (tokens + eos
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -32,8 +31,6 @@ from typing import Any, Optional
 from .common import EvalError, Report, check_length, check_model_dir, encode, load_tokenizer, run_header
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
-CROSS_PATH = "encoder.layers[-1].cross"
-CROSS_ATTN_PARTS = ("q_proj", "k_proj", "num_heads", "head_dim")
 
 
 def shard_rows(directory: Path, limit: int, max_length: int) -> list[list[int]]:
@@ -105,23 +102,9 @@ def load_rows(data: str, model_dir: Path, limit: int, max_length: int) -> tuple[
     return rows, {"path": str(path.resolve()), "kind": kind, "samples": len(rows), "tokens": sum(map(len, rows))}
 
 
-def cross_attention_weights(block: Any, queries: Any, keys_values: Any, key_mask: Any) -> Any:
-    """softmax(q k^T / sqrt(head_dim)) of a CrossAttentionBlock, as its SDPA call computes it: (B, H, C, N).
-
-    queries (B, C, D) concepts, keys_values (B, N, Dt) tokens, key_mask (B, N) 1 = real token, or None.
-    """
-    attn = block.attn
-    q = attn.q_proj(block.query_norm(queries)).unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2)
-    k = attn.k_proj(block.kv_norm(keys_values)).unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2)
-    scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(attn.head_dim)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
-    return scores.softmax(dim=-1)
-
-
 @dataclass
 class Usage:
-    """Running per-concept counts over batches (a forward hook on the last cross-attention block feeds it)."""
+    """Running per-concept counts over batches of the last concept layer's cross-attention weights."""
 
     num_concepts: int
     top_tokens: list[int] = field(init=False)
@@ -133,11 +116,6 @@ class Usage:
     def __post_init__(self) -> None:
         self.top_tokens = [0] * self.num_concepts
         self.entropy_sum = [0.0] * self.num_concepts
-
-    def hook(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
-        weights = cross_attention_weights(module, bound["queries"], bound["keys_values"], bound.get("key_mask"))
-        self.add(weights.mean(dim=1), bound.get("key_mask"))
 
     def add(self, weights: Any, key_mask: Any) -> None:
         """weights (B, C, N) head-averaged attention of each concept over tokens; key_mask (B, N) or None."""
@@ -165,19 +143,6 @@ class Usage:
                 "mean_attention_entropy": sum(attention) / len(attention) if attention else None}
 
 
-def cross_block(model: Any) -> Any:
-    """`encoder.layers[-1].cross` of the loaded model, checked to have what the weight recomputation uses."""
-    try:
-        block = model.encoder.layers[-1].cross
-        needed = [(block, "query_norm"), (block, "kv_norm")] + [(block.attn, n) for n in CROSS_ATTN_PARTS]
-    except (AttributeError, IndexError, TypeError):
-        needed = []
-    if not needed or not all(hasattr(owner, name) for owner, name in needed):
-        raise EvalError(f"the model has no cross-attention block at {CROSS_PATH} with query_norm, kv_norm and "
-                        f"attn.{'/'.join(CROSS_ATTN_PARTS)}; concept usage cannot be measured")
-    return block
-
-
 def encode_all(model_dir: Path, rows: list[list[int]], batch_size: int) -> tuple[Any, Usage]:
     """Concepts (S, C, D) of every row, float32 on CPU, and the cross-attention usage collected on the way."""
     import torch
@@ -187,19 +152,20 @@ def encode_all(model_dir: Path, rows: list[list[int]], batch_size: int) -> tuple
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True).to(device).eval()
     usage = Usage(model.config.num_concepts)
-    handle = cross_block(model).register_forward_hook(usage.hook, with_kwargs=True)
     pad = 0  # any id: padded positions are masked out of the cross-attention
     chunks = []
-    try:
-        for start in tqdm(range(0, len(rows), batch_size), desc="encoding", unit="batch"):
-            batch = rows[start:start + batch_size]
-            width = max(map(len, batch))
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], device=device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
-            with torch.no_grad():
-                chunks.append(model(input_ids=ids, attention_mask=mask).last_hidden_state.float().cpu())
-    finally:
-        handle.remove()
+    for start in tqdm(range(0, len(rows), batch_size), desc="encoding", unit="batch"):
+        batch = rows[start:start + batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        if not out.attentions:
+            raise EvalError(f"{model_dir} returned no attention weights with output_attentions=True; "
+                            f"concept usage cannot be measured")
+        usage.add(out.attentions[-1].mean(dim=1), mask)  # (B, C, N) head-averaged, last concept layer
+        chunks.append(out.last_hidden_state.float().cpu())
     return torch.cat(chunks), usage
 
 

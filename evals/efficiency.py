@@ -114,7 +114,8 @@ def _model_workload(cell: Cell, cfg: ConceptModelConfig, device: torch.device) -
     ids, positions, labels = _masked_batch(cell, cfg.vocab_size, device)
     if cell.kind == "concept":
         model: nn.Module = ConceptMLM(cfg)
-        loss = lambda: model(ids, positions=positions, labels=labels, ce_chunk_size=cell.ce_chunk_size).loss
+        loss = lambda: chunked_cross_entropy(model(ids, positions=positions).states.flatten(0, 1),  # MLM term's maths
+                                             model.output_embedding(), model.lm_bias, labels.flatten(), cell.ce_chunk_size)
     else:
         model = FullEncoderMLM(cfg, cfg.max_position_embeddings)
         loss = lambda: model(ids, positions, labels, cell.ce_chunk_size)

@@ -7,6 +7,7 @@ comment right under it. Cross-field rules live in :mod:`megaconcept.config.valid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..model.config import ConceptModelConfig
 
@@ -24,7 +25,21 @@ class MaskingSection:
 
 
 @dataclass
+class WeightingSection:
+    scheme: str = "fixed"
+    """How the weighted terms become one loss (megaconcept.objectives.weighting.WEIGHTING): fixed = the weighted
+    sum; uncertainty = Kendall-Gal learned log-variances (refused for terms that can be negative)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The scheme's own options (uncertainty: init_log_var, min_log_var, max_log_var)."""
+
+
+@dataclass
 class ObjectiveSection:
+    terms: dict[str, Any] = field(default_factory=lambda: {"mlm": {}})
+    """Loss terms: name -> options (megaconcept.objectives.base.OBJECTIVES). Every term takes `weight` and
+    `warmup_steps` (linear warm-up of the weight); `kind` picks the registry entry when the name differs;
+    null removes a term (objective.terms.mlm=null)."""
+    weighting: WeightingSection = field(default_factory=WeightingSection)
     masking: MaskingSection = field(default_factory=MaskingSection)
     ce_chunk_size: int = 4096
     """Decoded positions per cross-entropy chunk; logits never exceed (chunk, V)."""
@@ -87,6 +102,9 @@ class ParallelSection:
     """Tensor-parallel degree (megatron-core layers); must divide heads, MLP widths and the vocabulary."""
     pipeline: int = 1
     """Pipeline-parallel stages (DeepSpeed pipeline engine; ZeRO stage 0-1 only)."""
+    vocab_multiple: int = 1
+    """With model.vocab_size unset, the tokenizer's size is padded up to a multiple of this and of `tensor`
+    (Megatron's make-vocab-size-divisible-by; e.g. 128 aligns GPU matmuls). Padded rows are never targets."""
 
 
 @dataclass

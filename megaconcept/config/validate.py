@@ -27,6 +27,7 @@ def _positive(cfg: RunConfig) -> Optional[str]:
         "checkpoint.keep_last": cfg.checkpoint.keep_last, "objective.ce_chunk_size": cfg.objective.ce_chunk_size,
         "model.max_position_embeddings": cfg.model.max_position_embeddings,
         "parallel.tensor": cfg.parallel.tensor, "parallel.pipeline": cfg.parallel.pipeline,
+        "parallel.vocab_multiple": cfg.parallel.vocab_multiple,
     }
     bad = [f"{k}={v}" for k, v in checks.items() if v <= 0]
     return f"{', '.join(bad)} must be positive" if bad else None
@@ -47,8 +48,10 @@ def _choices(cfg: RunConfig) -> Optional[str]:
     allowed = {
         "train.precision": (cfg.train.precision, ("auto", "bf16", "fp32")),
         "logging.wandb_mode": (cfg.logging.wandb_mode, ("offline", "online", "disabled")),
-        "objective.cross_entropy": (cfg.objective.cross_entropy, ("auto", "chunked", "liger", "apex")),
     }
+    from ..objectives.cross_entropy import CHOICES
+
+    allowed["objective.cross_entropy"] = (cfg.objective.cross_entropy, CHOICES)
     for key, (value, valid) in allowed.items():
         if value not in valid:
             return f"{key}={value!r} is not one of {', '.join(valid)}"
@@ -72,14 +75,30 @@ def _registries(cfg: RunConfig) -> Optional[str]:
     from ..model.layers import ATTENTION
     from ..objectives.masking import MASKING
 
-    for key, value, registry in (
-        ("model.decoder", cfg.model.decoder, DECODERS),
-        ("model.decoder_positions", cfg.model.decoder_positions, POSITION_QUERIES),
-        ("model.attention", cfg.model.attention, ATTENTION),
-        ("objective.masking.strategy", cfg.objective.masking.strategy, MASKING),
-    ):
+    for value, registry in ((cfg.model.decoder, DECODERS), (cfg.model.decoder_positions, POSITION_QUERIES),
+                            (cfg.model.attention, ATTENTION), (cfg.objective.masking.strategy, MASKING)):
         if value not in registry:
-            return f"{key}={value!r} is unknown; valid: {', '.join(sorted(registry))}"
+            return f"{registry.key}={value!r} is unknown; valid: {', '.join(registry.keys())}"
+    return None
+
+
+def _objectives(cfg: RunConfig) -> Optional[str]:
+    from ..model.registry import RegistryError
+    from ..objectives.base import OBJECTIVES
+    from ..objectives.compose import term_configs
+    from ..objectives.weighting import WEIGHTING
+
+    o = cfg.objective
+    try:
+        terms = term_configs(o.terms)
+        WEIGHTING.options(o.weighting.scheme, o.weighting.options, "objective.weighting.options")
+    except RegistryError as exc:
+        return str(exc)
+    if o.weighting.scheme == "uncertainty":
+        signed = [name for name, (kind, _) in terms.items() if not OBJECTIVES[kind].nonnegative]
+        if signed:
+            return (f"objective.weighting.scheme=uncertainty cannot weight term {signed[0]!r}: its loss can be "
+                    f"negative or is unbounded below; use scheme=fixed (with warmup_steps) for it")
     return None
 
 
@@ -122,8 +141,8 @@ def _analysis(cfg: RunConfig) -> Optional[str]:
     return None
 
 
-RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _backbone,
-                     _analysis]
+RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _objectives,
+                     _backbone, _analysis]
 
 
 def validate(cfg: RunConfig) -> list[str]:

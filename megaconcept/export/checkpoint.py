@@ -1,11 +1,5 @@
 """Read a training checkpoint written by megaconcept.train.checkpointer: locate it, check it is whole,
-read its metadata (architecture, counters, tokenizer path).
-
-Layout expected (see megaconcept/train/checkpointer.py):
-    RUN_DIR/checkpoints/latest            tag of the newest complete checkpoint
-    RUN_DIR/checkpoints/step_XXXXXXXX/    DeepSpeed tag dir + config.yaml, tokenizer/, trainer_state.json,
-                                          COMPLETE ({"world_size", "tensor", "pipeline", "data"}, written after every
-                                          rank finished); pipeline runs add per-layer files + pipeline_layers.json
+read its metadata (architecture, counters, tokenizer path). The layout is megaconcept.checkpoint_format's.
 """
 from __future__ import annotations
 
@@ -16,10 +10,8 @@ from typing import Any
 
 import yaml
 
-COMPLETE = "COMPLETE"
-LATEST = "latest"
-PIPELINE_LAYERS = "pipeline_layers.json"
-"""Pipeline checkpoints: {layer index: {key in that layer's file: plain parameter name}}."""
+from ..checkpoint_format import COMPLETE, CONFIG, LATEST, PIPELINE_LAYERS, TOKENIZER, TRAINER_STATE, read_layout
+
 EXPECTED = (
     "expected a checkpoint tag dir (step_XXXXXXXX/ holding COMPLETE, config.yaml, tokenizer/ and DeepSpeed "
     "*_model_states.pt files), or a run dir / checkpoints dir with a `latest` file"
@@ -51,7 +43,7 @@ class CheckpointInfo:
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.tag_dir / "tokenizer"
+        return self.tag_dir / TOKENIZER
 
 
 def resolve_tag_dir(path: str) -> Path:
@@ -74,16 +66,14 @@ def read_checkpoint_info(tag_dir: Path) -> CheckpointInfo:
         if not any(tag_dir.glob("*model_states.pt")):
             raise ExportError(f"{tag_dir} is not a megaconcept checkpoint; {EXPECTED}")
         raise ExportError(f"{tag_dir} has no {COMPLETE} marker: its save did not finish; export an earlier checkpoint")
-    missing = [name for name in ("config.yaml", "trainer_state.json", "tokenizer") if not (tag_dir / name).exists()]
+    missing = [name for name in (CONFIG, TRAINER_STATE, TOKENIZER) if not (tag_dir / name).exists()]
     if missing:
         raise ExportError(f"{tag_dir} lacks {', '.join(missing)}; {EXPECTED}")
     try:
-        layout = json.loads((tag_dir / COMPLETE).read_text())
-        world_size = int(layout["world_size"])
-        tensor, data = int(layout.get("tensor", 1)), int(layout.get("data", world_size))
-        pipeline = int(layout.get("pipeline", 1))
-        run_config = yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}
-        trainer_state = json.loads((tag_dir / "trainer_state.json").read_text())
+        layout = read_layout(json.loads((tag_dir / COMPLETE).read_text()))
+        world_size, tensor, data, pipeline = layout["world_size"], layout["tensor"], layout["data"], layout["pipeline"]
+        run_config = yaml.safe_load((tag_dir / CONFIG).read_text()) or {}
+        trainer_state = json.loads((tag_dir / TRAINER_STATE).read_text())
     except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise ExportError(f"{tag_dir}: unreadable COMPLETE/config.yaml/trainer_state.json ({exc})") from None
     if not isinstance(run_config.get("model"), dict):

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from ..model import ConceptMLM, ConceptModelConfig
-from ..model.sharding import split_dim
-from .checkpoint import PIPELINE_LAYERS, CheckpointInfo, ExportError
+from ..checkpoint_format import PIPELINE_LAYERS, split_trained_names
+from ..model.sharding import tensor_parallel_plan
+from .checkpoint import CheckpointInfo, ExportError
 
 # Wrappers that rename parameters: DeepSpeed/DDP prefix the whole model with `module.`; torch.compile
 # inserts `_orig_mod.` at the level of whatever (sub)module it compiled.
@@ -112,8 +113,8 @@ def _weights(tag_dir: Path, stage: int) -> dict[str, torch.Tensor]:
     return strip_wrapper_prefixes(_stage0_weights(tag_dir) if stage == 0 else _zero_fp32_weights(tag_dir))
 
 
-def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate each split parameter along the dimension it was cut (megaconcept.model.sharding);
+def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]], plan: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Concatenate each split parameter along the dimension the model's plan cut it (megaconcept.model.sharding);
     replicated ones are taken from rank 0 after checking the ranks agree on the key set."""
     keys = set(shards[0])
     for rank, shard in enumerate(shards[1:], start=1):
@@ -122,7 +123,7 @@ def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, to
                               f"{sorted(set(shard) ^ keys)[:5]}; the checkpoint is damaged")
     merged = {}
     for name, tensor in shards[0].items():
-        dim = split_dim(name)
+        dim = plan.get(name)
         merged[name] = tensor if dim is None else torch.cat([s[name] for s in shards], dim=dim)
     return merged
 
@@ -161,11 +162,31 @@ def _pipeline_weights(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     low = sorted({str(t.dtype) for t in shards[0].values() if t.is_floating_point() and t.dtype != torch.float32})
     if low:
         print(f"note: pipeline layer files hold the {', '.join(low)} training weights; exporting those")
-    return shards[0] if info.tensor == 1 else merge_tensor_parallel(shards)
+    model_shards = [_model_part(s) for s in shards]
+    return model_shards[0] if info.tensor == 1 else merge_tensor_parallel(model_shards, split_plan(info))
+
+
+def split_plan(info: CheckpointInfo) -> dict[str, int]:
+    """The tensor-parallel plan of the checkpoint's architecture (shapes do not matter: built on meta)."""
+    section = {**info.model_section, "vocab_size": info.model_section.get("vocab_size") or 1}
+    try:
+        cfg = ConceptModelConfig.from_dict(section)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"{info.tag_dir / 'config.yaml'}: model section does not fit this exporter ({exc})") from None
+    with torch.device("meta"):
+        return tensor_parallel_plan(ConceptMLM(cfg))
+
+
+def _model_part(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's weights under canonical names; objective-owned state (objectives.*) is dropped by rule."""
+    model, dropped = split_trained_names(weights)
+    if dropped:
+        print(f"note: not exported (objective state, training only): {', '.join(dropped)}")
+    return model
 
 
 def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
-    """The checkpoint's full weights: canonical names -> contiguous fp32 CPU tensors."""
+    """The checkpoint's full model weights: canonical names -> contiguous fp32 CPU tensors."""
     stage = zero_stage(info.tag_dir)
     # A pipeline's stages save as further model-parallel ranks next to the tensor-parallel ones.
     check_rank_files(info.tag_dir, stage, info.data, info.tensor * info.pipeline)
@@ -174,11 +195,12 @@ def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     if info.pipeline > 1:
         weights = _pipeline_weights(info)
     elif info.tensor == 1:
-        weights = _weights(info.tag_dir, stage)
+        weights = _model_part(_weights(info.tag_dir, stage))
     else:
         with tempfile.TemporaryDirectory(prefix="megaconcept-export-") as scratch:
             weights = merge_tensor_parallel(
-                [_weights(_rank_view(info.tag_dir, t, Path(scratch)), stage) for t in range(info.tensor)])
+                [_model_part(_weights(_rank_view(info.tag_dir, t, Path(scratch)), stage)) for t in range(info.tensor)],
+                split_plan(info))
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()}
 
 

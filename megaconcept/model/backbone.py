@@ -50,6 +50,8 @@ class RotaryEmbedding(nn.Module):
 class GQAttention(nn.Module):
     """Grouped-query self-attention with rotary positions."""
 
+    tensor_parallel_plan = {"q_proj": "column", "k_proj": "column", "v_proj": "column", "o_proj": "row"}
+
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
         self.head_dim = cfg.hidden_size // cfg.num_heads

@@ -1,4 +1,8 @@
-"""ConceptMLM: the concept encoder plus an MLM decoder and (optionally tied) LM head."""
+"""ConceptMLM: the concept encoder plus a decoder and an (optionally tied) LM head. It computes no loss.
+
+`forward` returns :class:`ConceptOutputs` (concepts, decoded states, auxiliary tensors); objectives
+(megaconcept.objectives) turn them into losses, the MLM term applying the LM head with the kernel it chose.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -11,14 +15,17 @@ from .config import ConceptModelConfig
 from .decoders import build_decoder
 from .encoder import ConceptEncoder
 from .layers import init_weights
-from .lm_loss import CrossEntropyFn, chunked_cross_entropy
 
 
-class MLMOutput(NamedTuple):
-    states: torch.Tensor
-    """Decoded states (B, M, D) at the requested positions."""
-    loss: Optional[torch.Tensor]
-    """Mean cross-entropy over the positions when labels were given."""
+class ConceptOutputs(NamedTuple):
+    """What the model hands to the objectives (and, through the HF wrappers, to evaluation)."""
+
+    concepts: torch.Tensor
+    """(B, C, D) the encoder's normed concepts."""
+    states: Optional[torch.Tensor]
+    """(B, M, Dout) decoded states at the requested positions; None when nothing was decoded."""
+    aux: dict[str, torch.Tensor]
+    """Auxiliary tensors components expose (e.g. a decoder's gate); empty for the default model."""
 
 
 def head_weight(encoder: ConceptEncoder, lm_head: Optional[nn.Linear]) -> torch.Tensor:
@@ -26,23 +33,33 @@ def head_weight(encoder: ConceptEncoder, lm_head: Optional[nn.Linear]) -> torch.
     return encoder.token_embed.weight if lm_head is None else lm_head.weight
 
 
+def all_positions(input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, N) ids -> (B, N) positions 0..N-1."""
+    return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+
+
 def encode_decode(
-    encoder: ConceptEncoder, decoder: nn.Module, input_ids: torch.Tensor,
+    encoder: ConceptEncoder, decoder: Optional[nn.Module], input_ids: torch.Tensor,
     attention_mask: Optional[torch.Tensor], positions: Optional[torch.Tensor],
-) -> torch.Tensor:
-    """input_ids (B, N) -> decoded states (B, M, D) at `positions` (B, M), default all N. Shared with the HF wrapper."""
+) -> ConceptOutputs:
+    """input_ids (B, N) -> concepts (B, C, D) and decoded states (B, M, D) at `positions` (B, M), default all N.
+
+    Shared with the HF wrappers; with no decoder only the concepts are computed.
+    """
     concepts = encoder(input_ids, attention_mask)  # (B, C, D)
+    if decoder is None:
+        return ConceptOutputs(concepts, None, {})
     if positions is None:
         decoder.check_length(input_ids.shape[1])
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-    return decoder(concepts, positions)
+        positions = all_positions(input_ids)
+    return ConceptOutputs(concepts, decoder(concepts, positions), {})
 
 
 class ConceptMLM(nn.Module):
     """Encoder -> concepts -> decoder at requested positions -> states for the LM head.
 
-    With labels, `forward` scores only the decoded positions and applies the LM head chunk by chunk
-    inside the loss, so `[B, N, V]` logits never exist (sparse decoding + chunked cross-entropy).
+    Decoding only the requested (masked) positions keeps `[B, N, V]` logits from ever existing; the MLM
+    objective applies the head to those states chunk by chunk.
     """
 
     def __init__(self, cfg: ConceptModelConfig) -> None:
@@ -55,8 +72,9 @@ class ConceptMLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         init_weights(self, cfg.init_std)
-        # The LM-head loss; tensor parallelism (vocab-parallel) and fused kernels replace it from outside.
-        self.cross_entropy: CrossEntropyFn = chunked_cross_entropy
+
+    # Vocabulary rows: split across tensor-parallel ranks (megaconcept.model.sharding reads these plans).
+    tensor_parallel_plan = {"lm_head": "vocab", "lm_bias": "vocab"}
 
     def output_embedding(self) -> torch.Tensor:
         """The LM head matrix (V, D): the token embedding when tied."""
@@ -67,19 +85,15 @@ class ConceptMLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         positions: Optional[torch.Tensor] = None,
-        labels: Optional[torch.Tensor] = None,
-        ce_chunk_size: int = 4096,
-    ) -> MLMOutput:
-        """input_ids (B, N); positions (B, M) to decode (default: all N); labels (B, M) -> MLMOutput."""
-        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, positions)  # (B, M, D)
-        if labels is None:
-            return MLMOutput(states, None)
-        return MLMOutput(states, self.lm_loss(states, labels, ce_chunk_size))
+        decode: bool = True,
+    ) -> ConceptOutputs:
+        """input_ids (B, N); positions (B, M) to decode (default: all N); decode=False: concepts only."""
+        return encode_decode(self.encoder, self.decoder if decode else None, input_ids, attention_mask, positions)
 
-    def lm_loss(self, states: torch.Tensor, labels: torch.Tensor, ce_chunk_size: int = 4096) -> torch.Tensor:
-        """states (B, M, D), labels (B, M) -> mean cross-entropy; the LM head runs chunk by chunk inside."""
-        return self.cross_entropy(states.flatten(0, 1), self.output_embedding(), self.lm_bias, labels.flatten(),
-                                  ce_chunk_size)
+    def pipeline_units(self) -> list[nn.Module]:
+        """Everything between the token embedding and the LM head as pipeline units (megaconcept.model.units):
+        (embeddings (B, N, Dt), positions (B, M)) -> (states (B, M, Dout), concepts (B, C, D))."""
+        return [*self.encoder.pipeline_units(), *self.decoder.pipeline_units()]
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """states (..., D) -> logits (..., V). Only for small inputs (inference, export)."""

@@ -8,6 +8,8 @@ from torch import nn
 
 from .config import ConceptModelConfig
 from .layers import CrossAttentionBlock, MLPBlock, sinusoidal_features
+from .registry import Registry
+from .units import StageUnit
 
 
 class SinusoidalQueries(nn.Module):
@@ -28,10 +30,9 @@ class SinusoidalQueries(nn.Module):
         return self.proj(sinusoidal_features(positions, self.dim, self.proj.weight.dtype))
 
 
-POSITION_QUERIES: dict[str, Callable[[ConceptModelConfig], nn.Module]] = {
-    "learned": lambda cfg: nn.Embedding(cfg.max_position_embeddings, cfg.concept_dim),
-    "sinusoidal": lambda cfg: SinusoidalQueries(cfg.concept_dim),
-}
+POSITION_QUERIES: Registry[Callable[[ConceptModelConfig], nn.Module]] = Registry("model.decoder_positions")
+POSITION_QUERIES.add("learned", lambda cfg: nn.Embedding(cfg.max_position_embeddings, cfg.concept_dim))
+POSITION_QUERIES.add("sinusoidal", lambda cfg: SinusoidalQueries(cfg.concept_dim))
 
 
 class PerceiverMLMDecoder(nn.Module):
@@ -67,19 +68,68 @@ class PerceiverMLMDecoder(nn.Module):
                 f"decodes any length"
             )
 
-    def forward(self, concepts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """concepts (B, C, D), positions (B, M) int -> decoded states (B, M, D or token_dim)."""
-        states = self.position_queries(positions).to(concepts.dtype)  # (B, M, D)
-        for cross, mlp in zip(self.cross, self.mlp):
-            states = mlp(cross(states, concepts, None))
+    def queries(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """positions (B, M) int -> position queries (B, M, D)."""
+        return self.position_queries(positions).to(dtype)
+
+    def output(self, states: torch.Tensor) -> torch.Tensor:
+        """Last layer's states (B, M, D) -> decoded states at the LM head's width."""
         states = self.norm(states)
         return states if self.out_proj is None else self.out_proj(states)
 
+    def forward(self, concepts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """concepts (B, C, D), positions (B, M) int -> decoded states (B, M, D or token_dim)."""
+        states = self.queries(positions, concepts.dtype)  # (B, M, D)
+        for cross, mlp in zip(self.cross, self.mlp):
+            states = mlp(cross(states, concepts, None))
+        return self.output(states)
 
-DECODERS: dict[str, Callable[[ConceptModelConfig], nn.Module]] = {"perceiver_mlm": PerceiverMLMDecoder}
+    def pipeline_units(self) -> list[nn.Module]:
+        """(concepts, positions) -> ... -> (states, concepts), as pipeline units (megaconcept.model.units)."""
+        return [DecoderInput(self), *(QueryLayerUnit(c, m) for c, m in zip(self.cross, self.mlp)), DecoderOutput(self)]
+
+
+class DecoderInput(nn.Module):
+    """(concepts, positions) -> (queries (B, M, D), concepts)."""
+
+    def __init__(self, decoder: PerceiverMLMDecoder) -> None:
+        super().__init__()
+        self.decoder = (decoder,)  # a tuple: this unit owns only the position queries
+        self.position_queries = decoder.position_queries
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        concepts, positions = inputs
+        return self.decoder[0].queries(positions, concepts.dtype), concepts
+
+
+class QueryLayerUnit(StageUnit):
+    """One decoder layer: queries cross-attend to the concepts, then the MLP."""
+
+    def __init__(self, cross: nn.Module, mlp: nn.Module) -> None:
+        super().__init__()
+        self.cross, self.mlp = cross, mlp
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        states, concepts = inputs
+        return self.mlp(self.cross(states, concepts, None)), concepts
+
+
+class DecoderOutput(nn.Module):
+    """(states, concepts) -> (decoded states at the LM head's width, concepts)."""
+
+    def __init__(self, decoder: PerceiverMLMDecoder) -> None:
+        super().__init__()
+        self.decoder = (decoder,)
+        self.norm, self.out_proj = decoder.norm, decoder.out_proj
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        states, concepts = inputs
+        return self.decoder[0].output(states), concepts
+
+
+DECODERS: Registry[Callable[[ConceptModelConfig], nn.Module]] = Registry("model.decoder")
+DECODERS.add("perceiver_mlm", PerceiverMLMDecoder)
 
 
 def build_decoder(cfg: ConceptModelConfig) -> nn.Module:
-    if cfg.decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {cfg.decoder!r}; valid: {sorted(DECODERS)}")
     return DECODERS[cfg.decoder](cfg)

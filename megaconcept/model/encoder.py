@@ -7,7 +7,7 @@ whose last state (layout "last") or intermediate states (layout "interleaved") t
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +16,19 @@ from torch import nn
 from .backbone import Backbone
 from .config import ConceptModelConfig
 from .layers import CrossAttentionBlock, MLPBlock, SelfAttentionBlock, sinusoidal_features
+from .units import BackboneUnit, ConceptUnit, EncoderInput, EncoderOutput
 
 
 READ_POSITIONS = ("sinusoidal", "none")
+
+
+class EncoderTrace(NamedTuple):
+    concepts: torch.Tensor
+    """(B, C, D) normed concepts, as forward returns them."""
+    hidden_states: tuple[torch.Tensor, ...]
+    """(B, C, D) the concept queries, then the concepts after each concept layer (before the final norm)."""
+    attentions: tuple[torch.Tensor, ...]
+    """(B, H, C, N) fp32 per concept layer: each concept's cross-attention over the tokens (padding exactly 0)."""
 
 
 class ReadPositions(nn.Module):
@@ -54,13 +64,19 @@ class ConceptLayer(nn.Module):
         self.self_attn = SelfAttentionBlock(d, h, eps, p, cfg.attention)
         self.mlp = MLPBlock(d, cfg.mlp_dim, eps, p)
 
-    def forward(self, concepts: torch.Tensor, tokens: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """concepts (B, C, D), tokens (B, N, Dt), token_mask (B, N) -> concepts (B, C, D)."""
+    def forward(self, concepts: torch.Tensor, tokens: torch.Tensor, token_mask: Optional[torch.Tensor],
+                return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """concepts (B, C, D), tokens (B, N, Dt), token_mask (B, N) -> concepts (B, C, D); with return_weights
+        also the cross-attention weights of the concepts over the tokens (B, H, C, N)."""
         if self.read_positions is not None:
             tokens = self.read_positions(tokens)
-        concepts = self.cross(concepts, tokens, token_mask)
-        concepts = self.self_attn(concepts)
-        return self.mlp(concepts)
+        weights = None
+        if return_weights:
+            concepts, weights = self.cross(concepts, tokens, token_mask, return_weights=True)
+        else:
+            concepts = self.cross(concepts, tokens, token_mask)
+        concepts = self.mlp(self.self_attn(concepts))
+        return concepts if weights is None else (concepts, weights)
 
 
 def read_depths(cfg: ConceptModelConfig) -> list[int]:
@@ -73,6 +89,8 @@ def read_depths(cfg: ConceptModelConfig) -> list[int]:
 
 class ConceptEncoder(nn.Module):
     """Token embedding (+ backbone or learned positions) -> stack of :class:`ConceptLayer` -> normed concepts."""
+
+    tensor_parallel_plan = {"token_embed": "vocab"}
 
     def __init__(self, cfg: ConceptModelConfig) -> None:
         super().__init__()
@@ -88,15 +106,22 @@ class ConceptEncoder(nn.Module):
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (B, N) -> token embeddings (B, N, Dt), with learned positions when there is no backbone."""
-        tokens = self.token_embed(input_ids)
+        return self.add_positions(self.token_embed(input_ids))
+
+    def add_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, N, Dt) + the learned position table (and dropout) when there is no backbone."""
         if self.position_embed is None:
             return tokens
-        n = input_ids.shape[1]
+        n = tokens.shape[1]
         if n > self.position_embed.num_embeddings:
             raise ValueError(
                 f"sequence length {n} exceeds max_position_embeddings {self.position_embed.num_embeddings}"
             )
-        return self.dropout(tokens + self.position_embed(torch.arange(n, device=input_ids.device)))
+        return self.dropout(tokens + self.position_embed(torch.arange(n, device=tokens.device)))
+
+    def initial_concepts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The learned concept queries broadcast over the batch of `tokens` (B, N, Dt) -> (B, C, D)."""
+        return self.concepts.unsqueeze(0).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
 
     def token_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> list[torch.Tensor]:
         """The token states (B, N, Dt) each concept layer reads, in layer order."""
@@ -108,7 +133,41 @@ class ConceptEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids (B, N), attention_mask (B, N) 1 = real token -> concepts (B, C, D)."""
         reads = self.token_states(input_ids, attention_mask)
-        concepts = self.concepts.unsqueeze(0).expand(input_ids.shape[0], -1, -1).to(reads[0].dtype)  # (B, C, D)
+        concepts = self.initial_concepts(reads[0])  # (B, C, D)
         for layer, tokens in zip(self.layers, reads):
             concepts = layer(concepts, tokens, attention_mask)
         return self.norm(concepts)
+
+    def trace(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> EncoderTrace:
+        """forward, keeping what analysis needs: the concepts entering and leaving every layer and each layer's
+        cross-attention weights (exact: eager softmax; HF's output_hidden_states / output_attentions)."""
+        reads = self.token_states(input_ids, attention_mask)
+        concepts = self.initial_concepts(reads[0])
+        hidden, attentions = [concepts], []
+        for layer, tokens in zip(self.layers, reads):
+            concepts, weights = layer(concepts, tokens, attention_mask, return_weights=True)
+            hidden.append(concepts)
+            attentions.append(weights)
+        return EncoderTrace(self.norm(concepts), tuple(hidden), tuple(attentions))
+
+    def repeated_layers(self) -> list[nn.Module]:
+        """The layers activation checkpointing and compile apply to: backbone layers, then concept layers."""
+        return [*(self.backbone.layers if self.backbone is not None else []), *self.layers]
+
+    def pipeline_units(self) -> list[nn.Module]:
+        """The encoder after its token embedding, as pipeline units (megaconcept.model.units): input, then
+        backbone and concept layers interleaved by the depth each concept layer reads (concept layer i runs
+        right after the backbone layer it reads: identical maths, since it reads nothing later), then the norm.
+        Input (embeddings (B, N, Dt), positions) -> output (concepts (B, C, D), positions)."""
+        units: list[nn.Module] = [EncoderInput(self)]
+        backbone = list(self.backbone.layers) if self.backbone is not None else []
+        pending = list(zip(self.depths or [0] * len(self.layers), self.layers))
+        # Backbone reads get dropout as they reach a concept layer; embeddings without a backbone already had it.
+        read_dropout = self.dropout if self.backbone is not None else nn.Identity()
+        for depth in range(len(backbone) + 1):
+            if depth > 0:
+                last = depth == len(backbone)
+                units.append(BackboneUnit(backbone[depth - 1], self.backbone.rotary, self.backbone.norm if last else None))
+            while pending and pending[0][0] == depth:
+                units.append(ConceptUnit(pending.pop(0)[1], read_dropout))
+        return units + [EncoderOutput(self.norm)]

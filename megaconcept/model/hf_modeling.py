@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, Seque
 from transformers.utils import ModelOutput
 
 from .classification import AttentionPooler, ClassificationHead, decoder_width, pooled_width, pooling
-from .concept_mlm import encode_decode, head_weight
+from .concept_mlm import all_positions, encode_decode, head_weight
 from .decoders import build_decoder
 from .encoder import ConceptEncoder, ReadPositions
 from .hf_configuration import MegaconceptConfig
@@ -43,6 +43,19 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.encoder.token_embed = value
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], output_attentions: Optional[bool],
+               output_hidden_states: Optional[bool]) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
+        """Concepts (B, C, D), and when asked the per-layer concepts and cross-attention weights (see
+        ConceptEncoder.trace); the flags default to the config's, as in every transformers model."""
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        if not (output_attentions or output_hidden_states):
+            return self.encoder(input_ids, attention_mask), None, None
+        trace = self.encoder.trace(input_ids, attention_mask)
+        return (trace.concepts, trace.hidden_states if output_hidden_states else None,
+                trace.attentions if output_attentions else None)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Same scheme as ConceptMLM: Normal(0, init_std) for linears/embeddings, Normal(0, concept_init_std)
@@ -74,17 +87,21 @@ class MegaconceptModel(MegaconceptPreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         **kwargs: Any,
-    ) -> Union[BaseModelOutput, tuple[torch.Tensor]]:
-        """input_ids (B, N), attention_mask (B, N) 1 = real token -> concepts (B, C, D).
+    ) -> Union[BaseModelOutput, tuple[torch.Tensor, ...]]:
+        """input_ids (B, N), attention_mask (B, N) 1 = real token -> concepts (B, C, D) as last_hidden_state.
 
-        Extra tokenizer outputs (e.g. token_type_ids) are accepted and ignored.
+        output_hidden_states: the concepts entering and leaving each concept layer, (B, C, D) each;
+        output_attentions: each concept layer's cross-attention of the concepts over the tokens, (B, H, C, N)
+        fp32 (exact softmax, padding 0). Extra tokenizer outputs (e.g. token_type_ids) are ignored.
         """
-        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
+        concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
         if return_dict is False:
-            return (concepts,)
-        return BaseModelOutput(last_hidden_state=concepts)
+            return tuple(x for x in (concepts, hidden, attentions) if x is not None)
+        return BaseModelOutput(last_hidden_state=concepts, hidden_states=hidden, attentions=attentions)
 
 
 class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
@@ -121,22 +138,27 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         **kwargs: Any,
     ) -> Union[MaskedLMOutput, tuple[torch.Tensor, ...]]:
         """input_ids (B, N), attention_mask (B, N), labels (B, N) with -100 = ignore -> logits (B, N, V).
 
-        Extra tokenizer outputs (e.g. token_type_ids) are accepted and ignored.
+        hidden_states / attentions are the encoder's (see MegaconceptModel): the concepts per layer and their
+        cross-attention over the tokens. Extra tokenizer outputs (e.g. token_type_ids) are ignored.
         """
-        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None)  # (B, N, D)
+        concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
+        self.decoder.check_length(input_ids.shape[1])
+        states = self.decoder(concepts, all_positions(input_ids))  # (B, N, D)
         logits = F.linear(states, self.output_embedding(), self.lm_bias)  # (B, N, V)
         loss = None
         if labels is not None:
             # fp32 log-softmax, as in the native chunked loss, so bf16 exports report comparable losses.
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         if return_dict is False:
-            return (logits,) if loss is None else (loss, logits)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=None, attentions=None)
+            return tuple(x for x in (loss, logits, hidden, attentions) if x is not None)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
 
 
 class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
@@ -163,7 +185,7 @@ class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
         """input_ids (B, N) -> one vector per sequence (B, W)."""
         if self.decoder is None:
             return self.pooler(self.encoder(input_ids, attention_mask))  # over the concepts (B, C, D)
-        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None)  # (B, N, W)
+        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None).states  # (B, N, W)
         return self.pooler(states, attention_mask)
 
     def forward(
@@ -251,7 +273,7 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
         self.decoder.check_length(input_ids.shape[1])  # the span head decodes every position
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+        positions = all_positions(input_ids)
         states = self.decoder(concepts, positions)  # (B, N, W)
         type_logits = self.classifier(self.pooler(states, mask) if self.pool_decoded else self.pooler(concepts))
         # fp32 and padding at the minimum: a padded position can never win a span or take softmax mass.

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import Registry
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
@@ -24,13 +26,12 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torc
 
 def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Reference implementation of :func:`_sdpa`, useful for debugging and attention maps."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+    return attention_weights(q, k, mask).to(q.dtype) @ v
 
 
-ATTENTION: dict[str, AttentionFn] = {"sdpa": _sdpa, "eager": _eager}
+ATTENTION: Registry[AttentionFn] = Registry("model.attention")
+ATTENTION.add("sdpa", _sdpa)
+ATTENTION.add("eager", _eager)
 
 
 def sinusoidal_features(positions: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -42,14 +43,11 @@ def sinusoidal_features(positions: torch.Tensor, dim: int, dtype: torch.dtype) -
     return torch.cat([angles.sin(), angles.cos()], dim=-1)[..., :dim].to(dtype)
 
 
-def attention_backend(name: str) -> AttentionFn:
-    if name not in ATTENTION:
-        raise ValueError(f"unknown attention backend {name!r}; valid: {sorted(ATTENTION)}")
-    return ATTENTION[name]
-
-
 class Attention(nn.Module):
     """Multi-head attention whose queries and keys/values may come from different sequences."""
+
+    # Heads split across tensor-parallel ranks; the output projection sums the ranks' heads.
+    tensor_parallel_plan = {"q_proj": "column", "k_proj": "column", "v_proj": "column", "o_proj": "row"}
 
     def __init__(self, dim: int, num_heads: int, backend: str = "sdpa", kv_dim: Optional[int] = None) -> None:
         super().__init__()
@@ -62,26 +60,43 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, dim, bias=False)
         self.v_proj = nn.Linear(kv_dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
-        self.attend = attention_backend(backend)
+        self.attend = ATTENTION[backend]
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         # (B, L, D) -> (B, H, L, Dh)
         return x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
     def forward(
-        self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """queries (B, Lq, D), keys_values (B, Lk, Dkv), key_mask (B, Lk) bool keep -> (B, Lq, D)."""
+        self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
+        return_weights: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """queries (B, Lq, D), keys_values (B, Lk, Dkv), key_mask (B, Lk) bool keep -> (B, Lq, D), and with
+        return_weights the attention weights (B, H, Lq, Lk) fp32 (computed eagerly: SDPA returns none)."""
         q = self._heads(self.q_proj(queries))
         k = self._heads(self.k_proj(keys_values))
         v = self._heads(self.v_proj(keys_values))
         mask = None if key_mask is None else key_mask[:, None, None, :].bool()
+        if return_weights:
+            weights = attention_weights(q, k, mask)
+            out = self.o_proj((weights.to(v.dtype) @ v).transpose(1, 2).flatten(-2))
+            return out, weights
         out = self.attend(q, k, v, mask)  # (B, H, Lq, Dh)
         return self.o_proj(out.transpose(1, 2).flatten(-2))
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) in fp32: (B, H, Lq, Lk). Masked keys get the fp32 minimum, so their weight
+    underflows to exactly 0 while a row with no key left stays finite (uniform) instead of NaN."""
+    scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+    return scores.softmax(dim=-1)
+
+
 class GatedMLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    tensor_parallel_plan = {"gate_proj": "column", "up_proj": "column", "down_proj": "row"}
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -105,8 +120,13 @@ class CrossAttentionBlock(nn.Module):
         self.attn = Attention(dim, num_heads, backend, kv_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        attended = self.attn(self.query_norm(queries), self.kv_norm(keys_values), key_mask)
+    def forward(self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: Optional[torch.Tensor],
+                return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """With return_weights also the attention weights (B, H, Lq, Lk) (see Attention.forward)."""
+        attended = self.attn(self.query_norm(queries), self.kv_norm(keys_values), key_mask, return_weights)
+        if return_weights:
+            attended, weights = attended
+            return queries + self.dropout(attended), weights
         return queries + self.dropout(attended)
 
 

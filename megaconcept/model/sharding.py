@@ -1,28 +1,39 @@
-"""Which dimension each parameter is cut along under tensor parallelism (Megatron's scheme).
+"""Which dimension each parameter is cut along under tensor parallelism (Megatron's scheme), by declaration.
 
-Plain data, no collectives: megaconcept.parallel shards a built model by it, and the export merges
-tensor-parallel checkpoint shards by it, so the two can never disagree.
+Every module that holds shardable weights declares a class attribute `tensor_parallel_plan`: child or
+parameter name -> kind. Kinds:
+    column  a linear whose output features (heads, MLP hidden units) are split: weight rows, dim 0
+    row     a linear whose input features are split: weight columns, dim 1; outputs summed across ranks
+    vocab   vocabulary rows split (an embedding's or untied head's weight, or a (V,) parameter): dim 0
+A new component declares its own plan; nothing is inferred from names. Plain data, no collectives:
+megaconcept.parallel shards a built model by it and the export merges checkpoint shards by it, so the two
+never disagree.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator
 
-COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
-"""Linear layers whose output features (heads, MLP hidden units) are split: weight rows, dim 0."""
-ROW_PARALLEL = ("o_proj", "down_proj")
-"""Linear layers whose input features are split: weight columns, dim 1; outputs are summed across ranks."""
-VOCAB_PARALLEL = ("encoder.token_embed.weight", "lm_head.weight", "lm_bias")
-"""Vocabulary rows split across ranks (embedding, untied LM head, LM bias)."""
+from torch import nn
+
+KINDS = {"column": 0, "row": 1, "vocab": 0}
+"""Plan kind -> the weight dimension it splits."""
 
 
-def split_dim(name: str) -> Optional[int]:
-    """The dimension parameter `name` is split along under tensor parallelism; None = replicated."""
-    if name in VOCAB_PARALLEL:
-        return 0
-    parts = name.split(".")
-    if len(parts) >= 2 and parts[-1] == "weight":
-        if parts[-2] in COLUMN_PARALLEL:
-            return 0
-        if parts[-2] in ROW_PARALLEL:
-            return 1
-    return None
+def planned_children(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, str]]:
+    """(qualified owner name, owner module, child or parameter name, kind) for every planned entry present."""
+    for owner_name, owner in model.named_modules():
+        for name, kind in getattr(type(owner), "tensor_parallel_plan", {}).items():
+            if kind not in KINDS:
+                raise ValueError(f"{type(owner).__name__}.tensor_parallel_plan[{name!r}]={kind!r}; valid: {sorted(KINDS)}")
+            if getattr(owner, name, None) is not None:
+                yield owner_name, owner, name, kind
+
+
+def tensor_parallel_plan(model: nn.Module) -> dict[str, int]:
+    """Parameter name (as in `model.state_dict()`) -> the dimension it is split along; absent = replicated."""
+    plan: dict[str, int] = {}
+    for owner_name, owner, name, kind in planned_children(model):
+        prefix = f"{owner_name}.{name}" if owner_name else name
+        target = getattr(owner, name)
+        plan[prefix if isinstance(target, nn.Parameter) else f"{prefix}.weight"] = KINDS[kind]
+    return plan

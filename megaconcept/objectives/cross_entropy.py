@@ -1,17 +1,19 @@
 """LM-head cross-entropy implementations (registry keyed by `objective.cross_entropy`).
 
 All take the decoded states, never full-sequence logits: (states (T, D), weight (V, D), bias (V,), labels (T,),
-chunk_size) -> mean loss. Fused GPU kernels are used when importable; the sparse chunked path runs anywhere.
+chunk_size) -> mean loss. Fused GPU kernels are used when importable; the sparse chunked path runs anywhere;
+under tensor parallelism the vocab-parallel chunked path splits the vocabulary across the group.
 """
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..model.lm_loss import CrossEntropyFn, chunked_cross_entropy
+from ..model.registry import Registry
 
 
 def liger_cross_entropy(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -37,9 +39,31 @@ def apex_cross_entropy(states: torch.Tensor, weight: torch.Tensor, bias: Optiona
     return chunked_cross_entropy(states, weight, bias, labels, chunk_size, chunk_loss=_apex_chunk_loss)
 
 
-CROSS_ENTROPY: dict[str, CrossEntropyFn] = {
-    "chunked": chunked_cross_entropy, "liger": liger_cross_entropy, "apex": apex_cross_entropy,
-}
+def vocab_parallel_cross_entropy_sum(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                     labels: torch.Tensor) -> torch.Tensor:
+    """One chunk's summed CE with this rank's vocabulary rows: states (T, D) replicated, weight (V/TP, D)."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    logits = F.linear(states, weight, bias).float()  # (T, V/TP), fp32 for a stable log-softmax
+    return vocab_parallel_cross_entropy(logits, labels).sum()
+
+
+def vocab_parallel_chunked_cross_entropy(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                         labels: torch.Tensor, chunk_size: int = 4096, group: Any = None) -> torch.Tensor:
+    """Sparse, chunked CE over a vocabulary split across the tensor-parallel group (never gathers logits)."""
+    from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+    # Identity forward; backward sums the states' gradient over the ranks' vocabulary slices.
+    states = copy_to_tensor_model_parallel_region(states, group=group)
+    return chunked_cross_entropy(states, weight, bias, labels, chunk_size, chunk_loss=vocab_parallel_cross_entropy_sum)
+
+
+CROSS_ENTROPY: Registry[CrossEntropyFn] = Registry("objective.cross_entropy")
+CROSS_ENTROPY.add("chunked", chunked_cross_entropy)
+CROSS_ENTROPY.add("liger", liger_cross_entropy)
+CROSS_ENTROPY.add("apex", apex_cross_entropy)
+CHOICES = ("auto", *CROSS_ENTROPY.keys())
+"""Values objective.cross_entropy accepts."""
 # What each fused kernel needs: its package, and a CUDA device to run on.
 _NEEDS: dict[str, str] = {"liger": "liger_kernel", "apex": "apex.contrib.xentropy"}
 
@@ -66,7 +90,7 @@ def select_cross_entropy(name: str, cuda: bool, tensor_parallel: bool,
     if name == "auto":
         return next(n for n in ("liger", "apex", "chunked") if importable(n, cuda))
     if name not in CROSS_ENTROPY:
-        raise ValueError(f"objective.cross_entropy={name!r} is unknown; valid: auto, {', '.join(sorted(CROSS_ENTROPY))}")
+        raise ValueError(f"objective.cross_entropy={name!r} is unknown; valid: {', '.join(CHOICES)}")
     if not importable(name, cuda):
         need = "a CUDA device and " if not cuda else ""
         raise ValueError(f"objective.cross_entropy={name} needs {need}the {_NEEDS[name]} package; "

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from ..model.registry import Registry
+
 
 @dataclass(frozen=True)
 class MaskingSpec:
@@ -51,20 +53,15 @@ def bert_masking(ids: torch.Tensor, spec: MaskingSpec, generator: torch.Generato
 
 
 MaskingFn = Callable[[torch.Tensor, MaskingSpec, torch.Generator], dict[str, torch.Tensor]]
-MASKING: dict[str, MaskingFn] = {"bert": bert_masking}
-
-
-def masking_strategy(name: str) -> MaskingFn:
-    if name not in MASKING:
-        raise ValueError(f"unknown masking strategy {name!r}; valid: {sorted(MASKING)}")
-    return MASKING[name]
+MASKING: Registry[MaskingFn] = Registry("objective.masking.strategy")
+MASKING.add("bert", bert_masking)
 
 
 class MaskingCollator:
     """Picklable collate callable for loader workers: (ids (B, N), generator) -> model batch."""
 
     def __init__(self, strategy: str, spec: MaskingSpec) -> None:
-        self.fn = masking_strategy(strategy)
+        self.fn = MASKING[strategy]
         self.spec = spec
 
     def __call__(self, ids: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:

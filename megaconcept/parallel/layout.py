@@ -83,8 +83,8 @@ def _check_tensor(model: ConceptModelConfig, tensor: int) -> Optional[str]:
     vocab = model.vocab_size or 0
     if vocab % tensor:
         padded = math.ceil(vocab / tensor) * tensor
-        return (f"model.vocab_size={vocab} is not divisible by parallel.tensor={tensor}; set model.vocab_size="
-                f"{padded} (padded rows are never a target)")
+        return (f"model.vocab_size={vocab} is not divisible by parallel.tensor={tensor}; leave model.vocab_size "
+                f"unset (the tokenizer's size is padded automatically) or set it to {padded}")
     return None
 
 

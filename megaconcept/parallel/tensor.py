@@ -1,23 +1,20 @@
 """Tensor parallelism applied to a built plain model: the megatron-core layer factory.
 
-Every rank builds (and warm-starts) the same full plain model, then keeps its shard: linear layers become
-megatron-core Column/RowParallelLinear, the token embedding a VocabParallelEmbedding, the LM head and bias
-keep their vocabulary rows, and the loss becomes vocab-parallel cross-entropy. Sharding after building (rather
-than building sharded) keeps one init and one warm-start code path and makes TP=T start from exactly the
-TP=1 weights. Parameter names do not change (megatron's layers also call their matrix `weight`), and
-`megaconcept.model.sharding` says which dimension each one is cut along.
+Every rank builds (and warm-starts) the same full plain model, then keeps its shard of what each component
+declares in its `tensor_parallel_plan` (megaconcept.model.sharding): column/row linears become megatron-core
+Column/RowParallelLinear, a vocab embedding a VocabParallelEmbedding, an untied LM head and the bias keep
+their vocabulary rows (the MLM objective then picks the vocab-parallel cross-entropy). Sharding after building
+(rather than building sharded) keeps one init and one warm-start code path and makes TP=T start from exactly
+the TP=1 weights. Parameter names do not change (megatron's layers also call their matrix `weight`).
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..model import ConceptMLM
-from ..model.lm_loss import chunked_cross_entropy
-from ..model.sharding import COLUMN_PARALLEL, ROW_PARALLEL
+from ..model.sharding import planned_children
 from .distributed import ParallelContext
 
 
@@ -99,48 +96,34 @@ def _vocab_rows(param: nn.Parameter, ctx: ParallelContext) -> nn.Parameter:
     return shard
 
 
-def vocab_parallel_cross_entropy_sum(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                     labels: torch.Tensor) -> torch.Tensor:
-    """One chunk's summed CE with this rank's vocabulary rows: states (T, D) replicated, weight (V/TP, D)."""
-    import torch.nn.functional as F
-    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-    logits = F.linear(states, weight, bias).float()  # (T, V/TP), fp32 for a stable log-softmax
-    return vocab_parallel_cross_entropy(logits, labels).sum()
-
-
-def vocab_parallel_chunked_cross_entropy(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                         labels: torch.Tensor, chunk_size: int = 4096, group: Any = None) -> torch.Tensor:
-    """Sparse, chunked CE over a vocabulary split across the tensor-parallel group (never gathers logits)."""
-    from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
-
-    # Identity forward; backward sums the states' gradient over the ranks' vocabulary slices.
-    states = copy_to_tensor_model_parallel_region(states, group=group)
-    return chunked_cross_entropy(states, weight, bias, labels, chunk_size, chunk_loss=vocab_parallel_cross_entropy_sum)
+def _shard_vocab(target: nn.Module | nn.Parameter, layers: dict[str, type], ctx: ParallelContext) -> Any:
+    """This rank's vocabulary rows of an embedding, an untied head (nn.Linear) or a (V,) parameter."""
+    if isinstance(target, nn.Embedding):
+        return _shard_embedding(target, layers, ctx)
+    if isinstance(target, nn.Linear):  # the untied LM head: applied by the loss, rows only, no collective
+        head = nn.Linear(target.in_features, target.out_features // ctx.tensor_parallel_size, bias=False)
+        _load_shard(head.weight, target.weight, 0, ctx)
+        return head
+    return _vocab_rows(target, ctx)
 
 
-def _swap_linears(model: nn.Module, layers: dict[str, type], ctx: ParallelContext) -> int:
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            kind = "column" if name in COLUMN_PARALLEL else "row" if name in ROW_PARALLEL else None
-            if kind and isinstance(child, nn.Linear):
-                setattr(module, name, _shard_linear(kind, child, layers, ctx))
-                swapped += 1
-    return swapped
-
-
-def apply_tensor_parallel(model: ConceptMLM, ctx: ParallelContext) -> None:
-    """Replace `model`'s layers by this rank's tensor-parallel shards, in place (no-op at TP=1)."""
+def apply_tensor_parallel(model: nn.Module, ctx: ParallelContext) -> int:
+    """Replace what `model`'s components declare in their tensor_parallel_plan by this rank's shards, in place
+    (no-op at TP=1); returns the number of entries sharded."""
     if ctx.tensor_parallel_size == 1:
-        return
+        return 0
     layers = _megatron_layers()
-    if _swap_linears(model, layers, ctx) == 0:
+    count = 0
+    for _, owner, name, kind in list(planned_children(model)):
+        target = getattr(owner, name)
+        if kind == "vocab":
+            setattr(owner, name, _shard_vocab(target, layers, ctx))
+        elif isinstance(target, nn.Linear):
+            setattr(owner, name, _shard_linear(kind, target, layers, ctx))
+        else:
+            raise ValueError(f"{type(owner).__name__}.{name} is planned {kind}-parallel but is a "
+                             f"{type(target).__name__}, not an nn.Linear")
+        count += 1
+    if not any(kind != "vocab" for *_, kind in planned_children(model)):
         raise ValueError("tensor parallelism found no attention/MLP projections to shard")
-    model.encoder.token_embed = _shard_embedding(model.encoder.token_embed, layers, ctx)
-    model.lm_bias = _vocab_rows(model.lm_bias, ctx)
-    if model.lm_head is not None:
-        head = nn.Linear(model.lm_head.in_features, model.lm_head.out_features // ctx.tensor_parallel_size, bias=False)
-        _load_shard(head.weight, model.lm_head.weight, 0, ctx)
-        model.lm_head = head
-    model.cross_entropy = partial(vocab_parallel_chunked_cross_entropy, group=ctx.tensor_group)
+    return count

@@ -18,12 +18,14 @@ HELDOUT_MASK_SEED = 0x4E1D  # the same masked positions at every measurement, so
 
 
 class ConceptMonitor:
-    """Runs the model's encoder on the held-out batch. Every rank runs the forward (ZeRO-3 gathers and
+    """Runs the trained module on the held-out batch: the concepts it returns for the clean text, and the
+    objectives on a fixed masking of it (`heldout_loss` is the MLM term's loss when there is one, else the
+    total; every term's loss is logged under heldout/). Every rank runs the forwards (ZeRO-3 gathers and
     tensor-parallel layers need them all); rank 0 alone computes and reports the metrics."""
 
     def __init__(self, cfg: AnalysisSection, manifest: Manifest, num_concepts: int, ctx: ParallelContext,
-                 collate: Callable[[torch.Tensor, torch.Generator], dict], ce_chunk_size: int) -> None:
-        self.cfg, self.num_concepts, self.ctx, self.ce_chunk_size = cfg, num_concepts, ctx, ce_chunk_size
+                 collate: Callable[[torch.Tensor, torch.Generator], dict]) -> None:
+        self.cfg, self.num_concepts, self.ctx = cfg, num_concepts, ctx
         ids = torch.from_numpy(heldout_ids(manifest, cfg.heldout, cfg.samples))
         self.input_ids = ids.to(ctx.device)
         masked = collate(ids, torch.Generator().manual_seed(HELDOUT_MASK_SEED))
@@ -36,21 +38,20 @@ class ConceptMonitor:
     @torch.no_grad()
     def measure(self, engine: Any, step: int) -> Optional[dict[str, Any]]:
         """The metrics record for `step` on rank 0 (None elsewhere); the engine is back in train mode after."""
-        captured: list[torch.Tensor] = []
-        hook = engine.module.encoder.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
         engine.eval()
         try:
             # One decoded position keeps the decoder's share negligible; only the concepts are used.
             positions = torch.zeros(self.input_ids.shape[0], 1, dtype=torch.long, device=self.ctx.device)
-            engine(input_ids=self.input_ids, positions=positions)  # concepts of the clean text: captured[0]
-            loss = engine(**self.masked, ce_chunk_size=self.ce_chunk_size).loss
+            concepts = engine(input_ids=self.input_ids, positions=positions, score=False).outputs.concepts
+            scored = engine(**self.masked)
         finally:
-            hook.remove()
             engine.train()
         if not self.ctx.is_main:
             return None
-        metrics = concept_metrics(captured[0].float())
-        record: dict[str, Any] = {"step": step, "heldout_loss": float(loss),
+        metrics = concept_metrics(concepts.detach().float())
+        terms = {k: float(v) for k, v in scored.metrics.items() if k.startswith("loss/")}
+        record: dict[str, Any] = {"step": step, "heldout_loss": terms.get("loss/mlm", float(scored.loss)),
+                                  **{f"heldout/{k}": v for k, v in terms.items()},
                                   **{PREFIX + k: v for k, v in metrics.items()}}
         floor = self.cfg.collapse_fraction * self.num_concepts
         if metrics["effective_rank"] < floor:

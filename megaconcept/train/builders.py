@@ -1,15 +1,15 @@
 """Turn config sections into the objects the trainer composes (narrow inputs, no root config)."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
-from functools import partial
 from typing import Iterable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ..config.schema import MaskingSection
+from ..checkpoint_format import MODEL_PREFIX
+from ..config.schema import MaskingSection, ParallelSection
 from ..model import ConceptMLM, ConceptModelConfig
 from ..model.warmstart import warm_start
 from ..objectives.masking import MaskingCollator, MaskingSpec
@@ -19,9 +19,20 @@ class DataModelMismatch(ValueError):
     """The shards and the model config disagree (vocabulary, sequence length)."""
 
 
-def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int) -> ConceptModelConfig:
-    """The architecture for these shards: vocab from the tokenizer unless set (and then checked)."""
-    vocab = section.vocab_size or shard_vocab
+def padded_vocab(tokens: int, multiple: int) -> int:
+    """The tokenizer's size rounded up to `multiple` (Megatron's make-vocab-size-divisible-by). Padded rows are
+    never a target (labels come from the shards) nor a random replacement (drawn from ordinary tokens)."""
+    return -(-tokens // multiple) * multiple
+
+
+def vocab_multiple(parallel: ParallelSection) -> int:
+    """What the vocabulary must divide into: the asked-for multiple and the tensor-parallel degree."""
+    return math.lcm(parallel.vocab_multiple, parallel.tensor)
+
+
+def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int, multiple: int = 1) -> ConceptModelConfig:
+    """The architecture for these shards: vocab from the tokenizer (padded to `multiple`) unless set (then checked)."""
+    vocab = section.vocab_size or padded_vocab(shard_vocab, multiple)
     if vocab < shard_vocab:
         raise DataModelMismatch(
             f"model.vocab_size={vocab} is smaller than the shards' tokenizer ({shard_vocab} ids incl. mask); "
@@ -50,11 +61,13 @@ def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_de
                  backbone_lr_mult: float) -> list[dict]:
     """Decay matrices only (norm weights and biases stay undecayed); token-path parameters (backbone and
     token embedding) get the backbone lr multiplier and a `backbone` flag the schedule uses to freeze them.
-    Names are the plain model's (a pipeline stage passes its parameters under their canonical names)."""
+    Names are the trained module's (model.*, objectives.*; a pipeline stage passes its parameters under them)
+    or the plain model's; objective-owned parameters are never on the token path."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in named_parameters:
         if p.requires_grad:
-            groups.setdefault((name.startswith(TOKEN_PATH_PREFIXES), p.ndim >= 2), []).append(p)
+            plain = name[len(MODEL_PREFIX):] if name.startswith(MODEL_PREFIX) else name
+            groups.setdefault((plain.startswith(TOKEN_PATH_PREFIXES), p.ndim >= 2), []).append(p)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0,
          "lr": lr * (backbone_lr_mult if backbone else 1.0), "backbone": backbone}
@@ -91,24 +104,6 @@ def warm_start_backbone(model: ConceptMLM, is_main: bool) -> None:
     report = warm_start(model, backbone, backbone.init_from)
     if is_main:
         print(report.summary(), flush=True)
-
-
-def per_layer_options(model: ConceptMLM, activation_checkpointing: bool, compile: bool) -> int:
-    """Activation checkpointing and/or torch.compile on each backbone and concept layer; returns the count.
-
-    Applied per layer by replacing the layer's forward (no wrapper module), so parameter names stay
-    canonical: no `_orig_mod.` or checkpoint-wrapper prefixes reach checkpoints.
-    """
-    backbone = model.encoder.backbone
-    layers = [*(backbone.layers if backbone is not None else []), *model.encoder.layers]
-    for layer in layers:
-        forward = torch.compile(layer.forward) if compile else layer.forward
-        if activation_checkpointing:
-            # Non-reentrant: works with ZeRO-3's gather hooks and with inputs that need no grad; the
-            # compiled forward (if any) is what gets recomputed.
-            forward = partial(checkpoint, forward, use_reentrant=False)
-        layer.forward = forward
-    return len(layers)
 
 
 def build_collator(section: MaskingSection, mask_token_id: int, random_vocab_size: int) -> MaskingCollator:

@@ -1,14 +1,7 @@
 """Atomic, pruned checkpoints: DeepSpeed engine state + train state + RNG + data position + config.
 
-Layout of RUN_DIR/checkpoints:
-    step_00000100/            DeepSpeed tag dir (model/optimizer/scheduler shards per rank)
-        trainer_state.json    global counters (rank 0)
-        rank_00000.pt         this rank's RNG streams and data position
-        config.yaml           resolved run config
-        tokenizer/            tokenizer the run trained with (export reads it from here)
-        COMPLETE              written last, after every rank finished: {world_size, tensor, pipeline, data}
-    latest                    tag of the newest COMPLETE checkpoint (atomically replaced)
-A crash mid-save leaves `latest` on the previous checkpoint; the partial dir is removed on the next save.
+The layout is megaconcept.checkpoint_format's. A crash mid-save leaves `latest` on the previous checkpoint;
+the partial dir is removed on the next save.
 """
 from __future__ import annotations
 
@@ -22,18 +15,15 @@ from typing import Any, Optional
 
 import torch
 
+from .. import checkpoint_format as fmt
+from ..checkpoint_format import (COMPLETE, CONFIG, LATEST, RANK_GLOB, TAG_PREFIX, TOKENIZER, TRAINER_STATE, rank_file,
+                                 read_layout, tag_for)
 from ..parallel import ParallelContext, barrier
 from .state import TrainState, capture_rng, restore_rng
-
-COMPLETE = "COMPLETE"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from."""
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -44,7 +34,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
     """The newest COMPLETE checkpoint dir, or None."""
-    pointer = ckpt_root / "latest"
+    pointer = ckpt_root / LATEST
     if not pointer.is_file():
         return None
     path = ckpt_root / pointer.read_text().strip()
@@ -55,8 +45,8 @@ def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
 
 def layout_record(ctx: ParallelContext) -> dict[str, int]:
     """The process layout a checkpoint was written with (the export merges tensor-parallel shards by it)."""
-    return {"world_size": ctx.world_size, "tensor": ctx.tensor_parallel_size,
-            "pipeline": ctx.pipeline_parallel_size, "data": ctx.data_parallel_size}
+    return fmt.layout_record(ctx.world_size, ctx.tensor_parallel_size, ctx.pipeline_parallel_size,
+                             ctx.data_parallel_size)
 
 
 def _describe(layout: dict[str, int]) -> str:
@@ -67,8 +57,7 @@ def _describe(layout: dict[str, int]) -> str:
 def resume_kind(path: Path, saved: dict[str, int], mine: dict[str, int]) -> str:
     """`same` layout, `reshard` (only the data-parallel size changed: ZeRO state is re-partitioned through
     DeepSpeed's universal checkpoint), or a CheckpointError naming both layouts."""
-    # Checkpoints from before layouts (or pipelines) were recorded were pure data parallel.
-    saved = {"tensor": 1, "pipeline": 1, "data": saved["world_size"], **saved}
+    saved = read_layout(saved)  # checkpoints from before layouts (or pipelines) were recorded: pure data parallel
     if saved == mine:
         return "same"
     if saved["tensor"] == mine["tensor"] == 1 and saved["pipeline"] == mine["pipeline"] == 1:
@@ -115,23 +104,23 @@ class Checkpointer:
             self.root.mkdir(parents=True, exist_ok=True)
         barrier()
         engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
-        torch.save({"rng": capture_rng(), "data_position": state.data_position}, path / f"rank_{self.ctx.rank:05d}.pt")
+        torch.save({"rng": capture_rng(), "data_position": state.data_position}, path / rank_file(self.ctx.rank))
         if self.ctx.is_main:
-            (path / "trainer_state.json").write_text(json.dumps(state.counters(), indent=2))
-            (path / "config.yaml").write_text(config_yaml)
+            (path / TRAINER_STATE).write_text(json.dumps(state.counters(), indent=2))
+            (path / CONFIG).write_text(config_yaml)
             for name, text in (extra_files or {}).items():
                 (path / name).write_text(text)
-            shutil.copytree(tokenizer_dir, path / "tokenizer")
+            shutil.copytree(tokenizer_dir, path / TOKENIZER)
         barrier()
         if self.ctx.is_main:
             (path / COMPLETE).write_text(json.dumps(layout_record(self.ctx)))
-            _atomic_write(self.root / "latest", tag)
+            _atomic_write(self.root / LATEST, tag)
             self._prune(keep=tag)
         barrier()
         return path
 
     def _prune(self, keep: str) -> None:
-        tags = sorted(p for p in self.root.glob("step_*") if p.is_dir())
+        tags = sorted(p for p in self.root.glob(f"{TAG_PREFIX}*") if p.is_dir())
         complete = [p for p in tags if (p / COMPLETE).is_file()]
         stale = complete[: max(0, len(complete) - self.keep_last)] + [p for p in tags if p not in complete]
         for path in stale:
@@ -163,22 +152,21 @@ class Checkpointer:
         load_path, _ = engine.load_checkpoint(str(load_root), tag=path.name)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {path}; the checkpoint is damaged")
-        counters = json.loads((path / "trainer_state.json").read_text())
+        counters = json.loads((path / TRAINER_STATE).read_text())
         if kind == "reshard":
-            return TrainState(**counters, data_position={RESTART_EPOCH: _next_epoch(path)})
-        mine = torch.load(path / f"rank_{self.ctx.rank:05d}.pt", weights_only=False)
+            return TrainState(**counters, restart_epoch=_next_epoch(path))
+        mine = torch.load(path / rank_file(self.ctx.rank), weights_only=False)
         restore_rng(mine["rng"])
         return TrainState(**counters, data_position=mine["data_position"])
 
 
 UNIVERSAL = "universal"
-RESTART_EPOCH = "restart_epoch"
 
 
 def _next_epoch(path: Path) -> int:
     """The data stream of a new data-parallel size starts at the first epoch no old rank had begun: shard
     assignments depend on the rank count, so no old position maps onto a new rank. The unread rest of the
     old ranks' current epoch is skipped, and no sample is seen twice within an epoch."""
-    epochs = [w["epoch"] for f in sorted(path.glob("rank_*.pt"))
+    epochs = [w["epoch"] for f in sorted(path.glob(RANK_GLOB))
               for w in torch.load(f, weights_only=False)["data_position"].get("workers", [])]
     return max(epochs, default=-1) + 1

@@ -27,7 +27,11 @@ def truncate_after(path: Path, step: int) -> None:
 
 def progress_line(record: dict[str, Any]) -> str:
     mfu = f" | MFU {record['mfu']:.1%}" if record.get("mfu") is not None else ""
-    return (f"step {record['step']:>6} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+    # With several objective terms, each one's unweighted loss and effective weight follow the total.
+    terms = [k[len("loss/"):] for k in record if k.startswith("loss/") and record[k] is not None]
+    parts = "".join(f" | {t} {record[f'loss/{t}']:.4f} (x{record.get(f'weight/{t}') or 0:.3g})" for t in terms
+                    ) if len(terms) > 1 else ""
+    return (f"step {record['step']:>6} | loss {record['loss']:.4f}{parts} | lr {record['lr']:.2e} | "
             f"gnorm {record['grad_norm']:.3f} | {record['tokens_per_sec']:,.0f} tok/s{mfu}")
 
 

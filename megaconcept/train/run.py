@@ -26,10 +26,10 @@ def one_line(exc: BaseException) -> str:
 def preflight(cfg: RunConfig, ds_config_path: str, world_size: int) -> Layout:
     """Everything checkable before process groups start: shards, ds_config, model vs data, parallel layout."""
     from ..data.shards import read_manifest
-    from .builders import model_config
+    from .builders import model_config, vocab_multiple
 
     manifest = read_manifest(cfg.data.shards)
-    model = model_config(cfg.model, manifest.vocab_size, manifest.seq_len)
+    model = model_config(cfg.model, manifest.vocab_size, manifest.seq_len, vocab_multiple(cfg.parallel))
     stage = zero_stage(build_deepspeed_config(ds_config_path, cfg.train, 1))
     return plan_layout(world_size, cfg.parallel.tensor, cfg.parallel.pipeline, stage, model)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ class TrainState:
     tokens_seen: int = 0
     samples_seen: int = 0
     data_position: dict[str, Any] = field(default_factory=dict)
+    restart_epoch: Optional[int] = None
+    """Set when a checkpoint of another data-parallel size was resumed (a reshard): no old rank's data position
+    maps onto a new rank, so the data stream restarts at this epoch. Never saved: it describes one resume."""
 
     def counters(self) -> dict[str, int]:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "samples_seen": self.samples_seen}

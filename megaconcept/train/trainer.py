@@ -12,18 +12,20 @@ import torch
 from ..config import RunConfig, to_yaml
 from ..config.deepspeed import build_deepspeed_config, zero_stage
 from ..data.loader import build_train_stream
+from ..checkpoint_format import PIPELINE_LAYERS
 from ..data.shards import read_manifest
-from ..export.checkpoint import PIPELINE_LAYERS
-from ..objectives.cross_entropy import CROSS_ENTROPY, select_cross_entropy
+from ..objectives.base import BuildContext
+from ..objectives.compose import build_objectives
 from ..objectives.masking import num_targets
+from ..objectives.module import PretrainModule
 from ..parallel import ParallelContext
-from ..parallel.pipeline import build_pipeline, canonical_names, layer_names, pipeline_layers, split_micro_batch
-from ..parallel.tensor import apply_tensor_parallel
-from ..parallel.zero import register_tied_head
+from ..parallel.parallelize import ParallelizeOptions, parallelize
+from ..parallel.pipeline import canonical_names, layer_names, pipeline_layers, split_micro_batch
 from .analysis import ConceptMonitor, summary_line
-from .builders import (build_collator, build_model, model_config, param_groups, per_layer_options, split_groups,
-                       to_device, warm_start_backbone)
-from .checkpointer import RESTART_EPOCH, Checkpointer
+from .builders import (build_collator, build_model, model_config, param_groups, split_groups, to_device,
+                       vocab_multiple, warm_start_backbone)
+from .checkpointer import Checkpointer
+from .step_metrics import StepMetrics
 from .flops import count_flops, mfu, peak_flops
 from .metrics import MetricLogger
 from .schedule import build_scheduler
@@ -40,7 +42,8 @@ class Trainer:
         self.manifest = read_manifest(cfg.data.shards)
         self.tokenizer_dir = str(Path(cfg.data.shards) / "tokenizer")
         self.ds_config = build_deepspeed_config(ds_config_path, cfg.train, ctx.data_parallel_size)
-        self.model_cfg = model_config(cfg.model, self.manifest.vocab_size, self.manifest.seq_len)
+        self.model_cfg = model_config(cfg.model, self.manifest.vocab_size, self.manifest.seq_len,
+                                      vocab_multiple(cfg.parallel))
         seed_everything(cfg.seed)
         model = build_model(self.model_cfg)
         self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
@@ -48,14 +51,13 @@ class Trainer:
         resume = self.checkpointer.resume_kind()  # refuses an unresumable layout before any engine exists
         if resume is None:  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
-        apply_tensor_parallel(model, ctx)
-        self._choose_loss(model)
-        per_layer_options(model, cfg.train.activation_checkpointing, cfg.train.compile)
-        register_tied_head(model, zero_stage(self.ds_config))
+        self.module = PretrainModule(model, self._objectives(model))
+        self._say(f"{self.module.objectives.describe()}; layout: tensor {ctx.tensor_parallel_size} x pipeline "
+                  f"{ctx.pipeline_parallel_size} x data {ctx.data_parallel_size}")
         if resume == "reshard":
             # ZeRO partitions of another data-parallel size load through DeepSpeed's universal checkpoint.
             self.ds_config["checkpoint"] = {"load_universal": True}
-        module, named = self._engine_module(model)
+        module, named = self._engine_module()
         t = cfg.train
         self.engine, _, _, _ = deepspeed.initialize(
             model=module,
@@ -86,8 +88,7 @@ class Trainer:
             self._say("concept analysis is off under pipeline parallelism (no stage holds every concept layer); "
                       "score an exported checkpoint with `python -m evals.concepts` instead")
             return None
-        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator(),
-                              self.cfg.objective.ce_chunk_size)
+        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator())
 
     def _collator(self) -> Any:
         return build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
@@ -96,18 +97,28 @@ class Trainer:
     def pipelined(self) -> bool:
         return self.ctx.pipeline_parallel_size > 1
 
-    def _engine_module(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list[tuple[str, torch.nn.Parameter]]]:
-        """What DeepSpeed wraps: the model, or this rank's pipeline stage of it; with its trainable parameters
-        under their plain names."""
+    def _objectives(self, model: torch.nn.Module) -> Any:
+        o, ctx = self.cfg.objective, self.ctx
+        build = BuildContext(model=model, cross_entropy=o.cross_entropy, ce_chunk_size=o.ce_chunk_size,
+                             cuda=ctx.device.type == "cuda", tensor_parallel_size=ctx.tensor_parallel_size,
+                             tensor_group=ctx.tensor_group, say=self._say)
+        return build_objectives(o.terms, o.weighting.scheme, o.weighting.options, build)
+
+    def _engine_module(self) -> tuple[torch.nn.Module, list[tuple[str, torch.nn.Parameter]]]:
+        """What DeepSpeed wraps: the trained module, or this rank's pipeline stage of it; with its trainable
+        parameters under their names in the trained module (model.*, objectives.*)."""
+        t = self.cfg.train
+        options = ParallelizeOptions(t.activation_checkpointing, t.compile, zero_stage(self.ds_config))
+        engine_module = parallelize(self.module, self.ctx, options)
         if not self.pipelined:
-            return model, list(model.named_parameters())
-        pipe = build_pipeline(model, self.ctx, self.cfg.objective.ce_chunk_size)
+            return engine_module, list(engine_module.named_parameters())
         # Activations cross stages as several tensors; DeepSpeed's TP partitioning of them assumes one.
         self.ds_config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
-        # Which plain parameter each layer file holds: the export reads it instead of knowing the layer order.
-        self.checkpoint_files[PIPELINE_LAYERS] = json.dumps(layer_names(model, pipeline_layers(model)), indent=1)
-        names = canonical_names(model, pipe)
-        return pipe, [(names[n], p) for n, p in pipe.named_parameters()]
+        # Which parameter each layer file holds: the export reads it instead of knowing the layer order.
+        self.checkpoint_files[PIPELINE_LAYERS] = json.dumps(layer_names(self.module, pipeline_layers(self.module)),
+                                                            indent=1)
+        names = canonical_names(self.module, engine_module)
+        return engine_module, [(names[n], p) for n, p in engine_module.named_parameters()]
 
     def _optimizer_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
         t = self.cfg.train
@@ -118,18 +129,10 @@ class Trainer:
         torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
         return split_groups(groups, int(most.item()))
 
-    def _choose_loss(self, model: torch.nn.Module) -> None:
-        name = select_cross_entropy(self.cfg.objective.cross_entropy, self.ctx.device.type == "cuda",
-                                    self.ctx.tensor_parallel_size > 1)
-        if name != "vocab_parallel":  # tensor parallelism installed its own
-            model.cross_entropy = CROSS_ENTROPY[name]
-        self._say(f"LM-head loss: {name}; layout: tensor {self.ctx.tensor_parallel_size} x pipeline "
-                  f"{self.ctx.pipeline_parallel_size} x data {self.ctx.data_parallel_size}")
-
     def _stream(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         d, position = self.cfg.data, self.state.data_position
         collate = self._collator()
-        restart = position.get(RESTART_EPOCH)
+        restart = self.state.restart_epoch
         if restart is not None:
             self._say(f"data-parallel size changed: the data stream restarts at epoch {restart}")
             seed_everything(self.cfg.seed + self.state.step)  # the old ranks' RNG streams do not map either
@@ -142,54 +145,59 @@ class Trainer:
             heldout=self.cfg.analysis.heldout if self.cfg.analysis.interval > 0 else "",
         )
 
-    def _train_step(self, stream: Iterator) -> float:
-        """One optimizer step over grad_accum_steps micro-batches; returns the mean loss on this rank."""
+    def _train_step(self, stream: Iterator) -> StepMetrics:
+        """One optimizer step over grad_accum_steps micro-batches; returns this rank's loss and term metrics."""
+        self.module.set_step(self.state.step)
         if self.pipelined:
             return self._pipeline_step(stream)
-        total = 0.0
+        step = StepMetrics()
         for _ in range(self.cfg.train.grad_accum_steps):
             batch, position = next(stream)
-            out = self.engine(**to_device(batch, self.ctx.device), ce_chunk_size=self.cfg.objective.ce_chunk_size)
+            out = self.engine(**to_device(batch, self.ctx.device))
             self.engine.backward(out.loss)
             self.engine.step()
-            total += out.loss.detach().float().item()
+            step.add(out.loss, out.metrics)
             self.state.data_position = position
         self._count_step()
-        return total / self.cfg.train.grad_accum_steps
+        return step
 
-    def _pipeline_step(self, stream: Iterator) -> float:
+    def _pipeline_step(self, stream: Iterator) -> StepMetrics:
         """The engine runs the micro-batches through the stages itself (1F1B). Every stage reads the same
-        stream, so data positions stay in step on all ranks; the first uses inputs, the last labels."""
+        stream, so data positions stay in step on all ranks; the first uses inputs, the last the objectives'
+        keys (and records their metrics, which only the last stage has)."""
         micro = []
+        reads = self.module.objectives.reads
         for _ in range(self.cfg.train.grad_accum_steps):
             batch, self.state.data_position = next(stream)
-            micro.append(split_micro_batch(batch))
+            micro.append(split_micro_batch(batch, reads))
         loss = self.engine.train_batch(data_iter=iter(micro))  # mean over micro-batches and data-parallel ranks
+        step = StepMetrics(holds_metrics=self.engine.is_last_stage())
+        for metrics in self.module.objectives.collected:
+            step.add(None, metrics)
+        self.module.objectives.collected.clear()
+        step.loss_sum, step.count = float(loss), 1
         self._count_step()
-        return float(loss)
+        return step
 
     def _count_step(self) -> None:
         self.state.step += 1
         self.state.tokens_seen += self.tokens_per_step
         self.state.samples_seen += self.tokens_per_step // self.manifest.seq_len
 
-    def _global_mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.ctx.device)
-        torch.distributed.all_reduce(t)
-        return t.item() / self.ctx.world_size
-
-    def _record(self, losses: list[float], elapsed: float) -> dict[str, Any]:
+    def _record(self, steps: list[StepMetrics], elapsed: float) -> dict[str, Any]:
         grad_norm = self.engine.get_global_grad_norm()
-        tokens_per_sec = self.tokens_per_step * len(losses) / max(elapsed, 1e-9)
+        tokens_per_sec = self.tokens_per_step * len(steps) / max(elapsed, 1e-9)
         samples_per_sec = tokens_per_sec / self.manifest.seq_len
+        loss, terms = StepMetrics.global_means(steps, self.module.objectives.metric_names(), self.ctx.device)
         return {
             **self.state.counters(),
-            "loss": self._global_mean(sum(losses) / len(losses)),
+            "loss": loss,
             "lr": self.engine.get_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_per_sec": tokens_per_sec,
             "tokens_per_sec_per_device": tokens_per_sec / self.ctx.world_size,
             "mfu": mfu(self.flops_per_sample, samples_per_sec, self.ctx.world_size, self.peak_flops),
+            **terms,
         }
 
     def fit(self) -> TrainState:
@@ -199,12 +207,12 @@ class Trainer:
             return self.state
         self._say(f"training {self.state.step} -> {t.max_steps} steps; run dir {self.cfg.run_dir}")
         self.engine.train()
-        stream, losses, tick = self._stream(), [], time.perf_counter()
+        stream, steps, tick = self._stream(), [], time.perf_counter()
         while self.state.step < t.max_steps:
-            losses.append(self._train_step(stream))
+            steps.append(self._train_step(stream))
             if self.state.step % t.log_interval == 0 or self.state.step == t.max_steps:
-                self.logger.log(self._record(losses, time.perf_counter() - tick))
-                losses, tick = [], time.perf_counter()
+                self.logger.log(self._record(steps, time.perf_counter() - tick))
+                steps, tick = [], time.perf_counter()
             paused = time.perf_counter()  # analysis and checkpoints stay out of the throughput window
             if self.monitor is not None and self.monitor.due(self.state.step, t.max_steps):
                 self._analyse()

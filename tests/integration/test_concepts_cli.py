@@ -69,24 +69,32 @@ def test_usage_counts_each_real_token_for_its_top_concept():
     assert summary["attention_entropy"][1] == pytest.approx(1.5 * math.log(2) / math.log(3))
 
 
-def test_recomputed_weights_reproduce_the_block_output(export_dir):
-    """The hook's softmax(QK^T / sqrt(d)) times V, through o_proj, is what the SDPA block really computed."""
+def test_exported_attention_weights_reproduce_the_block_output(export_dir):
+    """output_attentions: softmax(QK^T / sqrt(d)) times V, through o_proj, is what the SDPA block computed;
+    padding gets exactly 0 and the traced concepts equal the plain forward's."""
     model = AutoModel.from_pretrained(str(export_dir), trust_remote_code=True).eval()
-    block = concepts.cross_block(model)
+    block = model.encoder.layers[-1].cross
     seen = {}
     handle = block.register_forward_hook(lambda m, args, out: seen.update(args=args, out=out))
     ids = torch.randint(2, 1000, (2, 10), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[1, 6:] = 0
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask)
+        plain = model(input_ids=ids, attention_mask=mask)
         queries, tokens, key_mask = seen["args"]
-        weights = concepts.cross_attention_weights(block, queries, tokens, key_mask)  # (B, H, C, N)
+        sdpa_out = seen["out"]
+        traced = model(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+        weights = traced.attentions[-1]  # (B, H, C, N)
         v = block.attn.v_proj(block.kv_norm(tokens)).unflatten(-1, (block.attn.num_heads, -1)).transpose(1, 2)
         rebuilt = queries + block.attn.o_proj((weights @ v).transpose(1, 2).flatten(-2))
     handle.remove()
+    layers = model.config.num_layers
+    assert len(traced.attentions) == layers and len(traced.hidden_states) == layers + 1
+    assert weights.shape == (2, model.config.num_heads, model.config.num_concepts, 10)
     assert weights[1, :, :, 6:].abs().max() == 0 and weights.sum(-1).sub(1).abs().max() < 1e-5
-    torch.testing.assert_close(rebuilt, seen["out"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rebuilt, sdpa_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(traced.last_hidden_state, plain.last_hidden_state, rtol=1e-5, atol=1e-5)
+    assert model(input_ids=ids).attentions is None  # nothing extra unless asked
 
 
 def _corrupt_shards(tmp_path, tiny_shards):

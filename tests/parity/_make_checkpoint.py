@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from megaconcept.config import RunConfig, to_yaml
 from megaconcept.model import ConceptMLM, ConceptModelConfig
+from megaconcept.objectives.module import mlm_module
 from megaconcept.parallel import init_distributed, shutdown
 from megaconcept.parallel.zero import register_tied_head
 from megaconcept.train.checkpointer import Checkpointer
@@ -41,12 +42,15 @@ def write_one(stage: int, out: Path, tokenizer_dir: str, vocab: int, ctx) -> Non
     torch.manual_seed(1234)
     cfg = dataclasses.replace(SECTION, vocab_size=vocab)
     model = ConceptMLM(cfg)
-    register_tied_head(model, stage)
+    # The trained module, as the trainer builds it: checkpoint names are model.* (the export strips the prefix).
+    module = mlm_module(model)
+    register_tied_head(module, stage)
     ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
                  "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
     ids = torch.randint(2, vocab, (1, 16), generator=torch.Generator().manual_seed(ctx.rank))
-    engine.backward(engine(ids, labels=ids).loss)
+    positions = torch.arange(16).unsqueeze(0)
+    engine.backward(engine(input_ids=ids, positions=positions, labels=ids).loss)
     engine.step()
 
     run_cfg = RunConfig(run_dir=str(out), model=SECTION)
@@ -55,7 +59,8 @@ def write_one(stage: int, out: Path, tokenizer_dir: str, vocab: int, ctx) -> Non
     engine.eval()
     probe_ids, probe_mask = probe_batch(vocab)
     with torch.no_grad():
-        states = engine(probe_ids, probe_mask).states  # (B, N, D) through the ZeRO engine itself
+        # (B, N, D) through the ZeRO engine itself
+        states = engine(input_ids=probe_ids, attention_mask=probe_mask, score=False).outputs.states
         with deepspeed.zero.GatheredParameters(list(model.parameters())):
             logits = F.linear(states, model.output_embedding(), model.lm_bias)  # (B, N, V)
             weights = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
 from megaconcept.model.warmstart import warm_start
+from megaconcept.objectives.module import mlm_module
 from megaconcept.train.builders import DataModelMismatch, model_config
 
 LLAMA = dict(vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
@@ -88,10 +89,10 @@ def test_sinusoidal_decoder_queries_decode_any_length():
     sparse = torch.tensor([[3, 511, 512, 4000, 8191]])
     with torch.no_grad():
         full = model(ids).states  # every one of the 8192 positions
-        picked = model(ids, positions=sparse, labels=ids.gather(1, sparse))
+        picked = mlm_module(model)(input_ids=ids, positions=sparse, labels=ids.gather(1, sparse))
     assert full.shape == (1, 8192, 48) and torch.isfinite(full).all()
     # Sparse decoding past the old table gives exactly the full decode's rows, and distinct positions differ.
-    torch.testing.assert_close(picked.states, full[:, sparse[0]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(picked.outputs.states, full[:, sparse[0]], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(full[0, 512], full[0, 4000]) and torch.isfinite(picked.loss)
     learned = _model(causal=False).eval()
     with pytest.raises(ValueError, match="decoding 8192 positions exceeds the decoder's learned table of "

@@ -57,11 +57,13 @@ class _Engine:
     def train(self) -> None:
         self.training = True
 
-    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, labels=None, ce_chunk_size=None):
-        assert not self.training
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, labels=None, score=True):
+        assert not self.training and score == (labels is not None)
         self.calls.append((input_ids, positions, labels))
-        self.module.encoder(input_ids)
-        return SimpleNamespace(loss=torch.tensor(float(len(self.calls))))
+        concepts = self.module.encoder(input_ids)
+        loss = torch.tensor(float(len(self.calls)))
+        return SimpleNamespace(loss=loss, metrics={"loss/mlm": loss, "weight/mlm": torch.tensor(1.0)},
+                               outputs=SimpleNamespace(concepts=concepts))
 
 
 class _Constant(nn.Module):
@@ -75,7 +77,7 @@ class _Constant(nn.Module):
 
 def _monitor(manifest, cfg):
     collate = build_collator(MaskingSection(), manifest.mask_token_id, manifest.mask_token_id)
-    return ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX, collate=collate, ce_chunk_size=64)
+    return ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX, collate=collate)
 
 
 def test_monitor_logs_metrics_and_alarms_once_on_collapse(tiny_shards, capsys):

@@ -24,7 +24,7 @@ def test_valid_layouts():
     (4, 4, 1, 3, ConceptModelConfig(vocab_size=1000, num_heads=2),
      r"parallel.tensor=4 does not divide model.num_heads=2; .* allows: \[1, 2\]"),
     (3, 3, 1, 3, ConceptModelConfig(vocab_size=49153, num_heads=6, concept_dim=384, mlp_ratio=3.0),
-     r"model.vocab_size=49153 is not divisible by parallel.tensor=3; set model.vocab_size=49155"),
+     r"model.vocab_size=49153 is not divisible by parallel.tensor=3; leave model.vocab_size unset .* or set it to 49155"),
     (2, 1, 2, 3, ConceptModelConfig(vocab_size=1000),
      r"parallel.pipeline=2 cannot run with ZeRO stage 3 .* use --ds_config ds_configs/zero1.json"),
     (2, 1, 2, 0, ConceptModelConfig(vocab_size=1000),

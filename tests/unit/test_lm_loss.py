@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.lm_loss import chunked_cross_entropy
+from megaconcept.objectives.module import mlm_module
 
 
 def test_chunked_matches_dense_value_and_grads():
@@ -28,7 +29,7 @@ def test_model_sparse_loss_equals_dense_logits_loss():
     ids = torch.randint(0, 211, (3, 40))
     positions = torch.stack([torch.randperm(40)[:6].sort().values for _ in range(3)])
     labels = torch.randint(0, 211, (3, 6))
-    sparse = model(ids, positions=positions, labels=labels, ce_chunk_size=4).loss
+    sparse = mlm_module(model, ce_chunk_size=4)(input_ids=ids, positions=positions, labels=labels).loss
     full_logits = model.logits(model(ids).states)  # (B, N, V): what sparse decoding avoids
     picked = full_logits[torch.arange(3)[:, None], positions]
     dense = F.cross_entropy(picked.flatten(0, 1), labels.flatten())

@@ -1,11 +1,14 @@
-"""The pipeline view of the model computes exactly what ConceptMLM.forward computes, and cuts stages safely."""
+"""The pipeline view of the trained module computes exactly what its plain forward computes, and cuts stages safely."""
 import pytest
 import torch
 
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
-from megaconcept.parallel.pipeline import (BackboneStage, ConceptStage, DecoderStage, canonical_names, layer_names,
-                                           pipeline_layers, stage_bounds, _is_unit)
+from megaconcept.model.decoders import QueryLayerUnit
+from megaconcept.model.units import BackboneUnit, ConceptUnit
+from megaconcept.objectives.module import mlm_module
+from megaconcept.parallel.pipeline import (PipelineLoss, canonical_names, layer_names, pipeline_layers, stage_bounds,
+                                           _is_unit)
 
 
 def _run_sequentially(layers, inputs):
@@ -36,26 +39,29 @@ BACKBONE = BackboneConfig(num_layers=3, hidden_size=24, num_heads=2, num_kv_head
 ], ids=["plain", "untied", "backbone-last", "backbone-interleaved"])
 def test_pipeline_view_reproduces_the_model(cfg):
     torch.manual_seed(0)
-    model = ConceptMLM(cfg)
+    module = mlm_module(ConceptMLM(cfg))
     ids, positions = torch.randint(0, 60, (2, 12)), torch.tensor([[1, 5, 7], [0, 3, 11]])
     labels = torch.randint(0, 60, (2, 3))
-    ref = model(ids, positions=positions, labels=labels)
-    layers = pipeline_layers(model)
-    states = _run_sequentially(layers, (ids, positions))
-    torch.testing.assert_close(states, ref.states, rtol=0, atol=0)
-    torch.testing.assert_close(model.lm_loss(states, labels), ref.loss, rtol=0, atol=0)
-    # Every tensor of the model is saved by exactly one pipeline layer, under a name mapped back to its own.
-    saved = [name for names in layer_names(model, layers).values() for name in names.values()]
-    assert sorted(saved) == sorted(model.state_dict())
+    ref = module(input_ids=ids, positions=positions, labels=labels)
+    layers = pipeline_layers(module)
+    states, concepts = _run_sequentially(layers, (ids, positions))
+    torch.testing.assert_close(states, ref.outputs.states, rtol=0, atol=0)
+    torch.testing.assert_close(concepts, ref.outputs.concepts, rtol=0, atol=0)  # concepts reach the last stage
+    loss = PipelineLoss(module)((states, concepts), (labels,))
+    torch.testing.assert_close(loss, ref.loss, rtol=0, atol=0)
+    assert module.objectives.collected[-1].keys() == ref.metrics.keys()
+    # Every tensor of the trained module is saved by exactly one pipeline layer, under a name mapped back to its own.
+    saved = [name for names in layer_names(module, layers).values() for name in names.values()]
+    assert sorted(saved) == sorted(module.state_dict())
     units = [type(s) for s in layers if _is_unit(s)]
-    assert units.count(BackboneStage) == cfg.backbone.num_layers and units.count(ConceptStage) == cfg.num_layers
-    assert units.count(DecoderStage) == cfg.decoder_layers
+    assert units.count(BackboneUnit) == cfg.backbone.num_layers and units.count(ConceptUnit) == cfg.num_layers
+    assert units.count(QueryLayerUnit) == cfg.decoder_layers
 
 
 def test_interleaved_concept_layers_follow_the_depth_they_read():
-    model = ConceptMLM(_config(backbone=BackboneConfig(**{**BACKBONE.__dict__, "layout": "interleaved"})))
-    kinds = [type(s).__name__[0] for s in pipeline_layers(model) if _is_unit(s)]
-    assert "".join(kinds) == "BCBCBCDD"  # depths 1, 2, 3 for three concept layers over three backbone layers
+    module = mlm_module(ConceptMLM(_config(backbone=BackboneConfig(**{**BACKBONE.__dict__, "layout": "interleaved"}))))
+    kinds = [type(s).__name__[0] for s in pipeline_layers(module) if _is_unit(s)]
+    assert "".join(kinds) == "BCBCBCQQ"  # depths 1, 2, 3 for three concept layers over three backbone layers
 
 
 def test_stage_bounds_cut_only_before_units_and_balance_them():
@@ -68,7 +74,7 @@ def test_stage_bounds_cut_only_before_units_and_balance_them():
 
 
 def test_canonical_names_follow_identity():
-    model = ConceptMLM(_config(backbone=BACKBONE))
-    stage = next(s for s in pipeline_layers(model) if isinstance(s, BackboneStage))
-    names = canonical_names(model, stage)
-    assert names["layer.self_attn.q_proj.weight"] == "encoder.backbone.layers.0.self_attn.q_proj.weight"
+    module = mlm_module(ConceptMLM(_config(backbone=BACKBONE)))
+    stage = next(s for s in pipeline_layers(module) if isinstance(s, BackboneUnit))
+    names = canonical_names(module, stage)
+    assert names["layer.self_attn.q_proj.weight"] == "model.encoder.backbone.layers.0.self_attn.q_proj.weight"

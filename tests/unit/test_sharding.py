@@ -4,7 +4,7 @@ import torch
 from megaconcept.export.gather import merge_tensor_parallel
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
-from megaconcept.model.sharding import split_dim
+from megaconcept.model.sharding import tensor_parallel_plan
 
 
 def _model(tied: bool) -> ConceptMLM:
@@ -15,7 +15,9 @@ def _model(tied: bool) -> ConceptMLM:
 
 
 def test_plan_covers_every_projection_and_the_vocabulary():
-    dims = {name: split_dim(name) for name, _ in _model(tied=False).named_parameters()}
+    model = _model(tied=False)
+    plan = tensor_parallel_plan(model)
+    dims = {name: plan.get(name) for name, _ in model.named_parameters()}
     assert dims["encoder.backbone.layers.0.self_attn.k_proj.weight"] == 0
     assert dims["encoder.backbone.layers.0.mlp.down_proj.weight"] == 1
     assert dims["encoder.layers.0.cross.attn.o_proj.weight"] == 1
@@ -30,8 +32,9 @@ def test_plan_covers_every_projection_and_the_vocabulary():
 
 
 def test_merge_inverts_the_split():
-    full = _model(tied=False).state_dict()
-    shards = [{k: v if split_dim(k) is None else v.chunk(2, split_dim(k))[r] for k, v in full.items()} for r in (0, 1)]
-    merged = merge_tensor_parallel(shards)
+    model = _model(tied=False)
+    full, plan = model.state_dict(), tensor_parallel_plan(model)
+    shards = [{k: v if k not in plan else v.chunk(2, plan[k])[r] for k, v in full.items()} for r in (0, 1)]
+    merged = merge_tensor_parallel(shards, plan)
     assert merged.keys() == full.keys()
     assert all(torch.equal(merged[k], full[k]) for k in full)

@@ -10,7 +10,8 @@ from torch._dynamo.utils import counters
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
 from megaconcept.objectives.cross_entropy import CROSS_ENTROPY, available, select_cross_entropy
-from megaconcept.train.builders import per_layer_options
+from megaconcept.objectives.module import mlm_module
+from megaconcept.parallel.parallelize import per_layer_options
 
 
 def test_auto_picks_the_fastest_present_and_falls_back():
@@ -46,7 +47,7 @@ def test_liger_adapter_passes_weight_input_target_bias(monkeypatch):
 
 def _loss_and_grads(model, batch):
     model.zero_grad()
-    loss = model(**batch).loss
+    loss = mlm_module(model)(**batch).loss
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

@@ -1,0 +1,76 @@
+"""Pipeline units: each model component cut into the layers a pipeline can place on stages.
+
+Components declare their own units (`ConceptEncoder.pipeline_units`, a decoder's `pipeline_units`), built
+from the component's own submodules and methods, so megaconcept.parallel lays a model out without restating
+any forward, and a new decoder or concept layer runs under pipeline parallelism by declaring its units.
+A test runs every registry entry's units in sequence against the plain forward (exact equality).
+
+Between units flows a tuple of tensors. A pipeline sends one gradient back per floating-point tensor, so
+every float tensor that crosses a stage boundary must be one the next unit uses; integers carry none:
+    encoder (tokens (B, N, Dt), concepts (B, C, D), positions (B, M) int)
+    decoder (states (B, M, D), concepts (B, C, D))   concepts travel on to the last stage's objectives
+Units that are `StageUnit`s are heavy (a layer); stages start only at one of them.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+class StageUnit(nn.Module):
+    """A heavy layer: pipeline stages start only at one of these."""
+
+
+class EncoderInput(nn.Module):
+    """(embeddings, positions) -> (tokens, concepts, positions): the encoder's input positions (when it has
+    no backbone) and the learned concept queries broadcast over the batch."""
+
+    def __init__(self, encoder: Any) -> None:
+        super().__init__()
+        self.encoder = (encoder,)  # a tuple: the units own the submodules below, not the whole encoder
+        self.concepts, self.position_embed, self.dropout = encoder.concepts, encoder.position_embed, encoder.dropout
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        tokens, positions = inputs
+        tokens = self.encoder[0].add_positions(tokens)
+        return tokens, self.encoder[0].initial_concepts(tokens), positions
+
+
+class BackboneUnit(StageUnit):
+    """One backbone layer over the token states; the last one applies the backbone's final norm."""
+
+    def __init__(self, layer: nn.Module, rotary: nn.Module, norm: Optional[nn.Module]) -> None:
+        super().__init__()
+        self.layer, self.rotary, self.norm = layer, rotary, norm
+
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        tokens, concepts, positions = inputs
+        tokens = self.layer(tokens, self.rotary(tokens.shape[1], tokens.device, tokens.dtype), None)
+        # Backbone.forward hands the final-normed state to readers of the last depth; nothing reads the raw one after it.
+        return (tokens if self.norm is None else self.norm(tokens)), concepts, positions
+
+
+class ConceptUnit(StageUnit):
+    """One concept layer: concepts read the current token states."""
+
+    def __init__(self, layer: nn.Module, dropout: nn.Module) -> None:
+        super().__init__()
+        self.layer, self.dropout = layer, dropout
+
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        tokens, concepts, positions = inputs
+        return tokens, self.layer(concepts, self.dropout(tokens), None), positions
+
+
+class EncoderOutput(nn.Module):
+    """(tokens, concepts, positions) -> (normed concepts, positions): the encoder ends here."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        _, concepts, positions = inputs
+        return self.norm(concepts), positions

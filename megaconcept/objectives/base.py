@@ -1,0 +1,62 @@
+"""The objective seam: a term turns the model's outputs and the batch into a loss and statistics.
+
+    term(outputs: ConceptOutputs, batch: {key: tensor}) -> {"loss": scalar, <stat>: scalar, ...}
+
+Terms are entries of :data:`OBJECTIVES` (config key `objective.terms`), each with a config dataclass
+derived from :class:`TermConfig`, so a term's weight, warm-up and own options are checked together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..model.registry import Registry
+
+
+@dataclass
+class TermConfig:
+    """Options every term has; a term's own config dataclass extends it."""
+
+    weight: float = 1.0
+    """Multiplier of the term in the total loss."""
+    warmup_steps: int = 0
+    """Linear warm-up of the weight: step s (0-based) uses weight * min(1, (s + 1) / warmup_steps); 0 = none."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a term may need when it is built (narrow: no run config)."""
+
+    model: nn.Module
+    """The plain model (its LM head, its config)."""
+    cross_entropy: str = "auto"
+    """objective.cross_entropy: the LM-head kernel asked for."""
+    ce_chunk_size: int = 4096
+    cuda: bool = False
+    tensor_parallel_size: int = 1
+    tensor_group: Optional[Any] = None
+    """megatron-core's tensor-parallel group (vocab-parallel loss) when tensor_parallel_size > 1."""
+    say: Callable[[str], None] = lambda _message: None
+    """Where a term reports a choice it made (e.g. the CE kernel); printed by the main rank."""
+
+
+class Objective(nn.Module):
+    """Base of every term. Class attributes declare what the outside needs to know."""
+
+    reads: tuple[str, ...] = ()
+    """Batch keys the term reads (a pipeline sends exactly these to its last stage)."""
+    stats: tuple[str, ...] = ()
+    """Names of the statistics the term returns besides "loss" (logged as <term>/<stat>)."""
+    nonnegative: bool = True
+    """The loss is >= 0 for every input. Uncertainty weighting refuses a term without this (a signed or
+    unbounded-below term lets it drive the total to -inf and silence every other term)."""
+
+    def forward(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+OBJECTIVES: Registry[Callable[[Any, BuildContext], Objective]] = Registry("objective.terms")
+"""term name -> constructor (config, BuildContext) -> Objective."""

@@ -1,0 +1,103 @@
+"""Objectives composed: the configured terms, their weights and warm-ups, one weighting scheme, one total.
+
+    ObjectiveSet(outputs, batch) -> (total loss, metrics)
+    metrics: loss/<term> (unweighted), weight/<term> (effective, warm-up and scheme applied), <term>/<stat>
+
+`objective.terms` maps a term name to its config; the name is the registry key unless the entry names one
+with `kind` (two terms of one kind), and a null entry removes a default term (`objective.terms.mlm=null`).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..model.registry import RegistryError
+from .base import OBJECTIVES, BuildContext, TermConfig
+from .weighting import WEIGHTING
+from . import mlm as _mlm  # noqa: F401  (registers the built-in terms)
+
+
+def term_configs(terms: Mapping[str, Any]) -> dict[str, tuple[str, TermConfig]]:
+    """objective.terms -> {term name: (registry key, its config dataclass)}; one-line errors on bad entries."""
+    out: dict[str, tuple[str, TermConfig]] = {}
+    for name, values in terms.items():
+        if values is None:
+            continue  # removed on purpose
+        if not isinstance(values, Mapping):
+            raise RegistryError(f"objective.terms.{name} must be a mapping of options (or null to remove it), "
+                                f"got {values!r}")
+        values = dict(values)
+        kind = values.pop("kind", name)
+        where = f"objective.terms.{name}"
+        if kind not in OBJECTIVES:
+            raise RegistryError(f"{where}: {kind!r} is not a known objective; valid: {', '.join(OBJECTIVES.keys())}")
+        cfg = OBJECTIVES.options(kind, values, where)
+        if cfg.weight < 0 or cfg.warmup_steps < 0:
+            raise RegistryError(f"{where}: weight={cfg.weight} and warmup_steps={cfg.warmup_steps} must be >= 0")
+        out[name] = (kind, cfg)
+    if not out:
+        raise RegistryError("objective.terms is empty; give at least one term (e.g. objective.terms.mlm={})")
+    return out
+
+
+def warmed_weight(cfg: TermConfig, step: int) -> float:
+    """The term's weight at optimizer step `step` (0-based): linear from 1/warmup_steps up to the full weight."""
+    if cfg.warmup_steps <= 0:
+        return cfg.weight
+    return cfg.weight * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+class ObjectiveSet(nn.Module):
+    """Every term of the run plus the weighting scheme; parameters of either live under `objectives.`."""
+
+    def __init__(self, terms: dict[str, tuple[str, TermConfig]], scheme: str, options: Optional[Mapping[str, Any]],
+                 ctx: BuildContext) -> None:
+        super().__init__()
+        self.configs = {name: cfg for name, (_, cfg) in terms.items()}
+        self.kinds = {name: kind for name, (kind, _) in terms.items()}
+        self.terms = nn.ModuleDict({name: OBJECTIVES[kind](cfg, ctx) for name, (kind, cfg) in terms.items()})
+        self.weighting = WEIGHTING[scheme](WEIGHTING.options(scheme, options, "objective.weighting.options"),
+                                           dict(self.terms))
+        self.step = 0
+        """The optimizer step the next forward belongs to (the trainer sets it; warm-ups read it)."""
+        self.collected: list[dict[str, torch.Tensor]] = []
+        """Metrics of forwards the trainer did not see returned (a pipeline's last stage): drained per step."""
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Batch keys any term reads, sorted (the order a pipeline sends them in)."""
+        return tuple(sorted({key for term in self.terms.values() for key in term.reads}))
+
+    def metric_names(self) -> list[str]:
+        """Every metric key forward returns, in order (fixed by the config: the same on every rank)."""
+        names = [f"{kind}/{name}" for name in self.terms for kind in ("loss", "weight")]
+        return names + [f"{name}/{stat}" for name, term in self.terms.items() for stat in term.stats]
+
+    def forward(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        results = {name: term(outputs, batch) for name, term in self.terms.items()}
+        losses = {name: r["loss"] for name, r in results.items()}
+        weights = {name: warmed_weight(cfg, self.step) for name, cfg in self.configs.items()}
+        total, effective = self.weighting(losses, weights)
+        device = total.device
+        metrics: dict[str, torch.Tensor] = {}
+        for name in self.terms:
+            metrics[f"loss/{name}"] = losses[name].detach().float()
+            metrics[f"weight/{name}"] = torch.as_tensor(effective[name], dtype=torch.float32, device=device)
+        for name, term in self.terms.items():
+            for stat in term.stats:
+                metrics[f"{name}/{stat}"] = results[name][stat].detach().float()
+        return total, metrics
+
+    def describe(self) -> str:
+        parts = [f"{name} ({self.kinds[name]}, weight {cfg.weight}"
+                 + (f", warm-up {cfg.warmup_steps} steps)" if cfg.warmup_steps else ")")
+                 for name, cfg in self.configs.items()]
+        return f"objectives: {', '.join(parts)}; weighting {type(self.weighting).__name__}"
+
+
+def build_objectives(terms: Mapping[str, Any], scheme: str, options: Optional[Mapping[str, Any]],
+                     ctx: BuildContext) -> ObjectiveSet:
+    return ObjectiveSet(term_configs(terms), scheme, options, ctx)
+
