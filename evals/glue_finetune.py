@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from megaconcept.model.classification import POOLINGS
+
 from .common import encode, load_tokenizer
 from .glue_data import TaskData, TaskSpec
 
@@ -34,7 +36,7 @@ class FinetuneConfig:
         p.add_argument("--epochs", type=float, default=d.epochs)
         p.add_argument("--batch-size", type=int, default=d.batch_size)
         p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per example incl. separators")
-        p.add_argument("--pooling", default=d.pooling, choices=("mean", "attention", "decoder"),
+        p.add_argument("--pooling", default=d.pooling, choices=POOLINGS.keys(),
                        help="how concepts become the classifier's input")
 
     @classmethod

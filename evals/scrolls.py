@@ -27,7 +27,7 @@ from .common import (EvalError, Report, add_source_arguments, check_length, chec
                      parse_list, parse_seeds, results_dir, run_header, standin_notes)
 from .extractive_qa import ANSWER_WORDS, check_qa_export, load_qa_model, predict_qa, train_qa, training_features
 from .glue_data import TaskData, TaskSpec
-from .glue_finetune import FinetuneConfig, finetune
+from .glue_finetune import POOLINGS, FinetuneConfig, finetune
 from .multiple_choice import predict_multiple_choice, train_multiple_choice
 from .scrolls_data import NOT_SCORED, TASKS, ScrollsTask, group_references, load_split, standin_splits
 
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--pooling", default="mean", choices=("mean", "attention", "decoder"),
+    p.add_argument("--pooling", default="mean", choices=POOLINGS.keys(),
                    help="how concepts become the classifier's (qasper: the answer-type head's) input")
     p.add_argument("--max-answer-tokens", type=int, default=64, help="longest qasper span predicted, in tokens")
     return p

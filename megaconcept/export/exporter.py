@@ -10,7 +10,7 @@ from typing import Optional
 
 from .card import model_card
 from .checkpoint import ExportError, read_checkpoint_info, resolve_tag_dir
-from .gather import check_against_native, consolidate, model_config_for
+from .gather import check_against_native, consolidate, drop_vocab_padding, model_config_for
 from .hf_folder import DTYPES, build_hf_model, load_tokenizer, write_hf_folder
 
 
@@ -45,7 +45,7 @@ def export_checkpoint(
     out = Path(out_dir).expanduser().resolve()
     check_out_dir(out, overwrite)
     info = read_checkpoint_info(resolve_tag_dir(checkpoint))
-    weights = consolidate(info)
+    weights = drop_vocab_padding(consolidate(info), info)
     cfg = model_config_for(info, weights)
     check_against_native(weights, cfg)
     tokenizer = load_tokenizer(info, cfg.vocab_size)

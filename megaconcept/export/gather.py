@@ -20,7 +20,7 @@ import torch
 
 from ..model import ConceptMLM, ConceptModelConfig
 from ..checkpoint_format import PIPELINE_LAYERS, split_trained_names
-from ..model.sharding import tensor_parallel_plan
+from ..model.sharding import tensor_parallel_plan, vocabulary_parameters
 from .checkpoint import CheckpointInfo, ExportError
 
 # Wrappers that rename parameters: DeepSpeed/DDP prefix the whole model with `module.`; torch.compile
@@ -166,15 +166,19 @@ def _pipeline_weights(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     return model_shards[0] if info.tensor == 1 else merge_tensor_parallel(model_shards, split_plan(info))
 
 
-def split_plan(info: CheckpointInfo) -> dict[str, int]:
-    """The tensor-parallel plan of the checkpoint's architecture (shapes do not matter: built on meta)."""
+def _model_config(info: CheckpointInfo) -> ConceptModelConfig:
+    """The checkpoint's architecture for structure only (names, plans): the vocabulary size is a placeholder."""
     section = {**info.model_section, "vocab_size": info.model_section.get("vocab_size") or 1}
     try:
-        cfg = ConceptModelConfig.from_dict(section)
+        return ConceptModelConfig.from_dict(section)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{info.tag_dir / 'config.yaml'}: model section does not fit this exporter ({exc})") from None
+
+
+def split_plan(info: CheckpointInfo) -> dict[str, int]:
+    """The tensor-parallel plan of the checkpoint's architecture (shapes do not matter: built on meta)."""
     with torch.device("meta"):
-        return tensor_parallel_plan(ConceptMLM(cfg))
+        return tensor_parallel_plan(ConceptMLM(_model_config(info)))
 
 
 def _model_part(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -202,6 +206,23 @@ def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
                 [_model_part(_weights(_rank_view(info.tag_dir, t, Path(scratch)), stage)) for t in range(info.tensor)],
                 split_plan(info))
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()}
+
+
+def drop_vocab_padding(weights: dict[str, torch.Tensor], info: CheckpointInfo) -> dict[str, torch.Tensor]:
+    """Rows past the tokenizer that training padded on (model.vocab_size unset, parallel.vocab_multiple or
+    tensor parallelism) are dropped: an exported model's vocabulary is its tokenizer's, so fill-mask can never
+    predict an id the tokenizer cannot decode. A vocab_size the run set on purpose is kept."""
+    if info.model_section.get("vocab_size") is not None:
+        return weights
+    from transformers import AutoTokenizer
+
+    try:
+        rows = len(AutoTokenizer.from_pretrained(str(info.tokenizer_dir)))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{info.tokenizer_dir} is not a loadable tokenizer folder ({exc})") from None
+    with torch.device("meta"):
+        names = vocabulary_parameters(ConceptMLM(_model_config(info)))
+    return {k: (v[:rows] if k in names and v.shape[0] > rows else v) for k, v in weights.items()}
 
 
 def model_config_for(info: CheckpointInfo, weights: dict[str, torch.Tensor]) -> ConceptModelConfig:

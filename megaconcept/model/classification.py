@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import ConceptModelConfig
 from .layers import Attention
+from .registry import Registry
 
 ATTENTION_POOL_QUERIES = 4
 
@@ -56,16 +57,13 @@ class Pooling(NamedTuple):
     """Pool the pretrained decoder's states at every real position instead of the concepts."""
 
 
-POOLINGS: dict[str, Pooling] = {
-    "mean": Pooling(lambda cfg: MeanPooler(), decodes=False),
-    "attention": Pooling(AttentionPooler, decodes=False),
-    "decoder": Pooling(lambda cfg: MeanPooler(), decodes=True),
-}
+POOLINGS: Registry[Pooling] = Registry("classifier_pooling")
+POOLINGS.add("mean", Pooling(lambda cfg: MeanPooler(), decodes=False))
+POOLINGS.add("attention", Pooling(AttentionPooler, decodes=False))
+POOLINGS.add("decoder", Pooling(lambda cfg: MeanPooler(), decodes=True))
 
 
 def pooling(name: str) -> Pooling:
-    if name not in POOLINGS:
-        raise ValueError(f"unknown classifier_pooling {name!r}; valid: {sorted(POOLINGS)}")
     return POOLINGS[name]
 
 

@@ -29,11 +29,17 @@ def planned_children(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, st
                 yield owner_name, owner, name, kind
 
 
-def tensor_parallel_plan(model: nn.Module) -> dict[str, int]:
-    """Parameter name (as in `model.state_dict()`) -> the dimension it is split along; absent = replicated."""
-    plan: dict[str, int] = {}
+def _planned_parameters(model: nn.Module) -> Iterator[tuple[str, str]]:
     for owner_name, owner, name, kind in planned_children(model):
         prefix = f"{owner_name}.{name}" if owner_name else name
-        target = getattr(owner, name)
-        plan[prefix if isinstance(target, nn.Parameter) else f"{prefix}.weight"] = KINDS[kind]
-    return plan
+        yield (prefix if isinstance(getattr(owner, name), nn.Parameter) else f"{prefix}.weight"), kind
+
+
+def tensor_parallel_plan(model: nn.Module) -> dict[str, int]:
+    """Parameter name (as in `model.state_dict()`) -> the dimension it is split along; absent = replicated."""
+    return {name: KINDS[kind] for name, kind in _planned_parameters(model)}
+
+
+def vocabulary_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters with one row per vocabulary id (embedding, untied head, LM bias)."""
+    return [name for name, kind in _planned_parameters(model) if kind == "vocab"]

@@ -34,6 +34,11 @@ class ParallelContext:
     """-1 = the global rank (no model parallelism)."""
     tensor_group: Optional[Any] = None
     """megatron-core's tensor-parallel process group when tensor_parallel_size > 1."""
+    data_group: Optional[Any] = None
+    """The ranks holding the same model shard (this rank's data-parallel replicas); None = the whole world.
+    Cross-sample terms (contrastive, batch-axis regularizers) gather over it (parallel.collectives)."""
+    pipeline_group: Optional[Any] = None
+    """The ranks of this rank's pipeline (one per stage); None without pipeline parallelism."""
     mpu: Optional[Any] = None
     """Group accessors DeepSpeed takes as `mpu` when model parallelism is on."""
 
@@ -117,7 +122,32 @@ def init_distributed(layout: Optional[Layout] = None) -> ParallelContext:
         from .megatron import init_tensor_parallel
 
         groups = init_tensor_parallel(layout.tensor, layout.pipeline, coords)
+    groups.update(layout_groups(layout, rank))
     return ParallelContext(rank, world, local_rank, local_world, device, backend, **coords, **groups)
+
+
+def layout_groups(layout: Layout, rank: int) -> dict[str, Any]:
+    """This rank's data-parallel and pipeline groups. Every rank creates every group, in the same order (a
+    torch.distributed requirement); a pure data-parallel world needs none (the world group is the data group)."""
+    if layout.tensor == 1 and layout.pipeline == 1:
+        return {}
+    mine: dict[str, Any] = {}
+    by_data: dict[tuple[int, int], list[int]] = {}
+    by_pipe: dict[tuple[int, int], list[int]] = {}
+    for r in range(layout.world_size):
+        pipe, data, tensor = layout.coordinates(r)
+        by_data.setdefault((pipe, tensor), []).append(r)
+        by_pipe.setdefault((data, tensor), []).append(r)
+    for _, ranks in sorted(by_data.items()):
+        group = torch.distributed.new_group(ranks)
+        if rank in ranks:
+            mine["data_group"] = group
+    if layout.pipeline > 1:
+        for _, ranks in sorted(by_pipe.items()):
+            group = torch.distributed.new_group(ranks)
+            if rank in ranks:
+                mine["pipeline_group"] = group
+    return mine
 
 
 def barrier() -> None:
