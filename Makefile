@@ -18,7 +18,7 @@ SHARDS := data/shards/demo
 RUN_DIR := runs/demo
 EXPORT_DIR := exports/demo
 
-.PHONY: setup demo data train export test lint clean
+.PHONY: setup demo data train export test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ demo: export
 
 test: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+
+# The quick tier for iterating: no multi-process runs and no end-to-end CLI runs (about 2 minutes on 2 cores).
+test-fast: setup
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not distributed and not slow and not cluster"
 
 clean:
 	rm -rf data runs exports

@@ -10,6 +10,17 @@ from pathlib import Path
 
 import pytest
 
+# Tiers by directory: `make test-fast` runs neither of these (unit tests and in-process parity checks only).
+_TIER_MARKS = {"distributed": "distributed", "integration": "slow"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for folder, mark in _TIER_MARKS.items():
+            if f"/tests/{folder}/" in str(item.path):
+                item.add_marker(getattr(pytest.mark, mark))
+
+
 TINY_CORPUS_PARAGRAPHS = 2000
 TINY_VOCAB = 1000
 TINY_SEQ_LEN = 64

@@ -26,6 +26,7 @@ from megaconcept.model.config import BackboneConfig
 from megaconcept.model.hf_configuration import MegaconceptConfig
 from megaconcept.model.hf_modeling import MegaconceptForMaskedLM, MegaconceptModel
 
+pytestmark = pytest.mark.distributed  # the checkpoints come from a 2-process torchrun
 ROOT = Path(__file__).resolve().parents[2]
 MAKE_CHECKPOINT = Path(__file__).with_name("_make_checkpoint.py")
 
