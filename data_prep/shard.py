@@ -32,6 +32,7 @@ from megaconcept.data.shards import (FORMAT_VERSION, MANIFEST_NAME, PROGRESS_NAM
                                      Manifest, ShardError, ShardInfo, encode_shard, ids_dtype,
                                      read_manifest, shard_name, write_atomically)
 from megaconcept.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from megaconcept.data.vocab import special_ids
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -252,7 +253,7 @@ def _manifest(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, toke
         skipped_documents=sum(packer.skipped.values()), skipped_by_reason=dict(sorted(packer.skipped.items())),
         tokens=packer.tokens, samples=packer.samples, seq_len=args.seq_len, dropped_tokens=dropped,
         dtype=packer.dtype.name, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-        mask_token_id=tokenizer.mask_token_id,
+        mask_token_id=tokenizer.mask_token_id, special_token_ids=special_ids(tokenizer),
         tokenizer={"spec": args.tokenizer, "name_or_path": str(tokenizer.name_or_path), "sha256": tokenizer_sha},
         sources=sources, shards=packer.shards, settings_sha256=settings_sha)
 

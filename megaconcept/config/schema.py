@@ -7,7 +7,7 @@ comment right under it. Cross-field rules live in :mod:`megaconcept.config.valid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from ..model.config import ConceptModelConfig
 
@@ -21,7 +21,18 @@ class MaskingSection:
     mask_prob: float = 0.8
     """Of the chosen positions: share replaced by the mask token."""
     random_prob: float = 0.1
-    """Of the chosen positions: share replaced by a random token (the rest keep theirs)."""
+    """Of the chosen positions: share replaced by a random ordinary (non-special) token (the rest keep theirs)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The strategy's own options (span: p, min_words, max_words)."""
+    schedule: str = "constant"
+    """Masking-rate schedule over optimizer steps (objective.masking.MASK_SCHEDULES): constant | linear | step."""
+    final_rate: Optional[float] = None
+    """linear: the rate reached after schedule_steps; step: the rate from schedule_steps on."""
+    schedule_steps: int = 0
+    """linear: steps from `rate` to final_rate; step: the step the rate switches at."""
+    mask_later: bool = False
+    """MAE-LM: targets are left out of the keys/values the encoder reads (attention_mask 0 there), so concepts
+    never attend to mask tokens; the decoder still predicts them."""
 
 
 @dataclass

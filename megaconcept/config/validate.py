@@ -82,6 +82,25 @@ def _registries(cfg: RunConfig) -> Optional[str]:
     return None
 
 
+def _masking(cfg: RunConfig) -> Optional[str]:
+    from ..model.registry import RegistryError
+    from ..objectives.masking import MASK_SCHEDULES, MASKING
+
+    mk = cfg.objective.masking
+    if mk.final_rate is not None and not 0.0 < mk.final_rate < 1.0:
+        return f"objective.masking.final_rate={mk.final_rate} must be in (0, 1)"
+    if mk.schedule_steps < 0:
+        return f"objective.masking.schedule_steps={mk.schedule_steps} must be >= 0"
+    if mk.schedule != "constant" and mk.final_rate is None:
+        return f"objective.masking.schedule={mk.schedule} needs objective.masking.final_rate (the rate it moves to)"
+    try:
+        MASKING.options(mk.strategy, mk.options, "objective.masking.options")
+        MASK_SCHEDULES.options(mk.schedule, {"final_rate": mk.final_rate, "steps": mk.schedule_steps})
+    except RegistryError as exc:
+        return str(exc)
+    return None
+
+
 def _objectives(cfg: RunConfig) -> Optional[str]:
     from ..model.registry import RegistryError
     from ..objectives.base import OBJECTIVES
@@ -141,8 +160,8 @@ def _analysis(cfg: RunConfig) -> Optional[str]:
     return None
 
 
-RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _objectives,
-                     _backbone, _analysis]
+RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _masking,
+                     _objectives, _backbone, _analysis]
 
 
 def validate(cfg: RunConfig) -> list[str]:

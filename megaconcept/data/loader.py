@@ -9,7 +9,8 @@ Order (all derived from ``seed``; nothing depends on timing or on the physical w
   ``(seed, e, shard index)`` and emits consecutive samples; its stream runs on through shards and epochs
   without a gap, so a shard's leftover samples fill the start of the next batch (nothing is dropped).
 * Batches interleave logical workers round-robin (PyTorch's DataLoader order). The masking generator
-  handed to ``collate`` is seeded by ``(seed, rank, logical worker, that worker's batch counter)``.
+  handed to ``collate`` is seeded by ``(seed, rank, logical worker, that worker's batch counter)``; a collate
+  with ``takes_batch_index`` also gets the batch's index in the rank's stream (masking-rate schedules).
 
 The position after a batch is each logical worker's (epoch, shard position, sample offset, batch count)
 plus which logical worker is next. A fresh DataLoader always starts at physical worker 0, so on resume
@@ -90,8 +91,13 @@ class _ShardStream(IterableDataset):
             ids = torch.from_numpy(np.stack(rows))  # (B, N) int64
             generator = torch.Generator().manual_seed(
                 _derive_seed(_MASKING, self.seed, self.rank, worker, position["batches"]))
+            # The rank stream's micro-batch index: logical workers interleave round-robin, so batch k of
+            # worker w is batch k * W + w of the stream, whatever physical workers play them after a resume.
+            index = position["batches"] * self.num_logical_workers + worker
             position["batches"] += 1
-            yield self.collate(ids, generator), dict(position, worker=worker)
+            batch = (self.collate(ids, generator, batch_index=index) if getattr(self.collate, "takes_batch_index", False)
+                     else self.collate(ids, generator))
+            yield batch, dict(position, worker=worker)
 
     def _samples(self, worker: int, position: dict[str, int]) -> Iterator[np.ndarray]:
         """Samples (each (N,) int64) of ``worker``'s stream from ``position``, which it keeps current."""

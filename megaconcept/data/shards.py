@@ -19,7 +19,7 @@ import os
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import webdataset as wds
@@ -77,6 +77,9 @@ class Manifest:
     shards: list[ShardInfo]
     settings_sha256: str
     """Fingerprint of the sharding settings and inputs; a re-run with other settings is refused."""
+    special_token_ids: Optional[list[int]] = None
+    """Ids the tokenizer treats as special (never a random replacement in masking); None in manifests written
+    before it was recorded (then read from DIR/tokenizer)."""
     directory: str = field(default="", compare=False)
     """The shard directory this manifest was read from (not stored in the file)."""
 

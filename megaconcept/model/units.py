@@ -7,8 +7,10 @@ A test runs every registry entry's units in sequence against the plain forward (
 
 Between units flows a tuple of tensors. A pipeline sends one gradient back per floating-point tensor, so
 every float tensor that crosses a stage boundary must be one the next unit uses; integers carry none:
-    encoder (tokens (B, N, Dt), concepts (B, C, D), positions (B, M) int)
+    encoder (tokens (B, N, Dt), concepts (B, C, D), positions (B, M) int[, key mask (B, N) int])
     decoder (states (B, M, D), concepts (B, C, D))   concepts travel on to the last stage's objectives
+The key mask travels only when the batch has one (mask-later masking, padded inputs); it is what the plain
+forward receives as attention_mask.
 Units that are `StageUnit`s are heavy (a layer); stages start only at one of them.
 """
 from __future__ import annotations
@@ -17,6 +19,11 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+
+
+def key_mask(rest: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The optional key mask at the end of an encoder carry."""
+    return rest[0] if rest else None
 
 
 class StageUnit(nn.Module):
@@ -32,10 +39,10 @@ class EncoderInput(nn.Module):
         self.encoder = (encoder,)  # a tuple: the units own the submodules below, not the whole encoder
         self.concepts, self.position_embed, self.dropout = encoder.concepts, encoder.position_embed, encoder.dropout
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        tokens, positions = inputs
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        tokens, positions, *mask = inputs
         tokens = self.encoder[0].add_positions(tokens)
-        return tokens, self.encoder[0].initial_concepts(tokens), positions
+        return (tokens, self.encoder[0].initial_concepts(tokens), positions, *mask)
 
 
 class BackboneUnit(StageUnit):
@@ -46,10 +53,10 @@ class BackboneUnit(StageUnit):
         self.layer, self.rotary, self.norm = layer, rotary, norm
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        tokens, concepts, positions = inputs
-        tokens = self.layer(tokens, self.rotary(tokens.shape[1], tokens.device, tokens.dtype), None)
+        tokens, concepts, positions, *mask = inputs
+        tokens = self.layer(tokens, self.rotary(tokens.shape[1], tokens.device, tokens.dtype), key_mask(mask))
         # Backbone.forward hands the final-normed state to readers of the last depth; nothing reads the raw one after it.
-        return (tokens if self.norm is None else self.norm(tokens)), concepts, positions
+        return ((tokens if self.norm is None else self.norm(tokens)), concepts, positions, *mask)
 
 
 class ConceptUnit(StageUnit):
@@ -60,8 +67,8 @@ class ConceptUnit(StageUnit):
         self.layer, self.dropout = layer, dropout
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        tokens, concepts, positions = inputs
-        return tokens, self.layer(concepts, self.dropout(tokens), None), positions
+        tokens, concepts, positions, *mask = inputs
+        return (tokens, self.layer(concepts, self.dropout(tokens), key_mask(mask)), positions, *mask)
 
 
 class EncoderOutput(nn.Module):
@@ -72,5 +79,5 @@ class EncoderOutput(nn.Module):
         self.norm = norm
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        _, concepts, positions = inputs
+        _, concepts, positions, *_mask = inputs
         return self.norm(concepts), positions

@@ -27,15 +27,16 @@ EMBED_KEY = "token_embed"
 
 
 class TokenEmbedding(nn.Module):
-    """(input_ids, positions) -> (embeddings, positions). Also the tied LM head's weight at the last stage."""
+    """(input_ids, positions[, key mask]) -> (embeddings, positions[, key mask]). Also the tied LM head's weight
+    at the last stage."""
 
     def __init__(self, token_embed: nn.Module) -> None:
         super().__init__()
         self.token_embed = token_embed
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids, positions = inputs
-        return self.token_embed(input_ids), positions
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        input_ids, positions, *mask = inputs
+        return (self.token_embed(input_ids), positions, *mask)
 
 
 class HeadAndObjectives(nn.Module):
@@ -144,10 +145,13 @@ def layer_names(module: nn.Module, layers: Iterable[Any]) -> dict[int, dict[str,
 
 
 def split_micro_batch(batch: dict[str, torch.Tensor], reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """A collated micro-batch as the engine takes it: (first-stage inputs, the last stage's objective inputs)."""
+    """A collated micro-batch as the engine takes it: (first-stage inputs, the last stage's objective inputs).
+    First-stage inputs: input_ids, positions and, when the batch has one, attention_mask (the key mask)."""
     needed = {"input_ids", "positions", *reads}
-    missing, extra = sorted(needed - set(batch)), sorted(set(batch) - needed)
+    optional = {"attention_mask"}
+    missing, extra = sorted(needed - set(batch)), sorted(set(batch) - needed - optional)
     if missing or extra:
-        raise ValueError(f"pipeline parallelism takes input_ids/positions and the objectives' {list(reads)}; "
-                         f"the batch lacks {missing} and has extra {extra}")
-    return (batch["input_ids"], batch["positions"]), tuple(batch[k] for k in reads)
+        raise ValueError(f"pipeline parallelism takes input_ids/positions[/attention_mask] and the objectives' "
+                         f"{list(reads)}; the batch lacks {missing} and has extra {extra}")
+    first = tuple(batch[k] for k in ("input_ids", "positions", "attention_mask") if k in batch)
+    return first, tuple(batch[k] for k in reads)

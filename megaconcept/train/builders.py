@@ -12,7 +12,9 @@ from ..checkpoint_format import MODEL_PREFIX
 from ..config.schema import MaskingSection, ParallelSection
 from ..model import ConceptMLM, ConceptModelConfig
 from ..model.warmstart import warm_start
-from ..objectives.masking import MaskingCollator, MaskingSpec
+from ..data.shards import Manifest
+from ..data.vocab import VocabularyTables, special_ids, vocabulary_tables
+from ..objectives.masking import MASK_SCHEDULES, MASKING, MaskingCollator, MaskingSpec
 
 
 class DataModelMismatch(ValueError):
@@ -106,9 +108,32 @@ def warm_start_backbone(model: ConceptMLM, is_main: bool) -> None:
         print(report.summary(), flush=True)
 
 
-def build_collator(section: MaskingSection, mask_token_id: int, random_vocab_size: int) -> MaskingCollator:
-    spec = MaskingSpec(section.rate, section.mask_prob, section.random_prob, mask_token_id, random_vocab_size)
-    return MaskingCollator(section.strategy, spec)
+def vocabulary_for(manifest: Manifest) -> VocabularyTables:
+    """The shards' vocabulary tables: specials from the manifest (older manifests: from DIR/tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(manifest.tokenizer_dir)
+    specials = manifest.special_token_ids if manifest.special_token_ids is not None else special_ids(tokenizer)
+    if manifest.mask_token_id not in specials:
+        specials = sorted({*specials, manifest.mask_token_id})
+    return vocabulary_tables(tokenizer, specials)
+
+
+def masking_spec(section: MaskingSection, mask_token_id: int, tables: VocabularyTables) -> MaskingSpec:
+    return MaskingSpec(section.rate, section.mask_prob, section.random_prob, mask_token_id,
+                       replacement_ids=torch.from_numpy(tables.ordinary_ids).long(),
+                       word_start=torch.from_numpy(tables.word_start), special=torch.from_numpy(tables.special),
+                       options=MASKING.options(section.strategy, section.options, "objective.masking.options"),
+                       mask_later=section.mask_later)
+
+
+def build_collator(section: MaskingSection, mask_token_id: int, tables: VocabularyTables, grad_accum_steps: int = 1,
+                   first_step: int = 0) -> MaskingCollator:
+    """The masking collator; `first_step` is the optimizer step at which the data stream's batch 0 was drawn."""
+    schedule = MASK_SCHEDULES.options(section.schedule, {"final_rate": section.final_rate,
+                                                         "steps": section.schedule_steps})
+    return MaskingCollator(section.strategy, masking_spec(section, mask_token_id, tables), section.schedule,
+                           schedule, grad_accum_steps, first_step)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from ..parallel.parallelize import ParallelizeOptions, parallelize
 from ..parallel.pipeline import canonical_names, layer_names, pipeline_layers, split_micro_batch
 from .analysis import ConceptMonitor, summary_line
 from .builders import (build_collator, build_model, model_config, param_groups, split_groups, to_device,
-                       vocab_multiple, warm_start_backbone)
+                       vocab_multiple, vocabulary_for, warm_start_backbone)
 from .checkpointer import Checkpointer
 from .step_metrics import StepMetrics
 from .flops import count_flops, mfu, peak_flops
@@ -40,6 +40,7 @@ class Trainer:
 
         self.cfg, self.ctx = cfg, ctx
         self.manifest = read_manifest(cfg.data.shards)
+        self.vocab = vocabulary_for(self.manifest)
         self.tokenizer_dir = str(Path(cfg.data.shards) / "tokenizer")
         self.ds_config = build_deepspeed_config(ds_config_path, cfg.train, ctx.data_parallel_size)
         self.model_cfg = model_config(cfg.model, self.manifest.vocab_size, self.manifest.seq_len,
@@ -90,8 +91,9 @@ class Trainer:
             return None
         return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator())
 
-    def _collator(self) -> Any:
-        return build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.manifest.mask_token_id)
+    def _collator(self, first_step: int = 0) -> Any:
+        return build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.vocab,
+                              self.cfg.train.grad_accum_steps, first_step)
 
     @property
     def pipelined(self) -> bool:
@@ -131,8 +133,9 @@ class Trainer:
 
     def _stream(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         d, position = self.cfg.data, self.state.data_position
-        collate = self._collator()
         restart = self.state.restart_epoch
+        # A restarted stream draws its batch 0 at the resumed step; a continued one carries its batch counters.
+        collate = self._collator(first_step=self.state.step if restart is not None else 0)
         if restart is not None:
             self._say(f"data-parallel size changed: the data stream restarts at epoch {restart}")
             seed_everything(self.cfg.seed + self.state.step)  # the old ranks' RNG streams do not map either

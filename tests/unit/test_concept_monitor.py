@@ -12,7 +12,7 @@ from megaconcept.data.loader import build_train_stream
 from megaconcept.data.shards import read_manifest, read_shard
 from megaconcept.parallel import ParallelContext
 from megaconcept.train.analysis import ConceptMonitor, summary_line
-from megaconcept.train.builders import build_collator
+from megaconcept.train.builders import build_collator, vocabulary_for
 
 CTX = ParallelContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"),
                       backend="gloo")
@@ -76,7 +76,7 @@ class _Constant(nn.Module):
 
 
 def _monitor(manifest, cfg):
-    collate = build_collator(MaskingSection(), manifest.mask_token_id, manifest.mask_token_id)
+    collate = build_collator(MaskingSection(), manifest.mask_token_id, vocabulary_for(manifest))
     return ConceptMonitor(cfg, manifest, num_concepts=8, ctx=CTX, collate=collate)
 
 

@@ -3,7 +3,7 @@ import torch
 
 from megaconcept.objectives.masking import MASKING, MaskingCollator, MaskingSpec, num_targets
 
-SPEC = MaskingSpec(rate=0.15, mask_prob=0.8, random_prob=0.1, mask_token_id=999, random_vocab_size=999)
+SPEC = MaskingSpec(rate=0.15, mask_prob=0.8, random_prob=0.1, mask_token_id=999, replacement_ids=torch.arange(999))
 
 
 def _batch(b=64, n=256, seed=0):

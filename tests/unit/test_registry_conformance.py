@@ -23,7 +23,8 @@ from megaconcept.model.registry import Registry
 from megaconcept.objectives.base import OBJECTIVES, BuildContext
 from megaconcept.objectives.compose import build_objectives
 from megaconcept.objectives.cross_entropy import CROSS_ENTROPY, available, select_cross_entropy
-from megaconcept.objectives.masking import MASKING
+from megaconcept.data.vocab import VocabularyTables
+from megaconcept.objectives.masking import MASK_SCHEDULES, MASKING
 from megaconcept.objectives.module import PretrainModule
 from megaconcept.objectives.weighting import WEIGHTING
 from megaconcept.parallel.pipeline import PipelineLoss, pipeline_layers, split_micro_batch
@@ -32,7 +33,8 @@ from megaconcept.train.builders import build_collator
 VOCAB, N = 64, 16
 TESTED = {"model.decoder": DECODERS, "model.decoder_positions": POSITION_QUERIES, "model.attention": ATTENTION,
           "objective.masking.strategy": MASKING, "objective.terms": OBJECTIVES, "objective.weighting.scheme": WEIGHTING,
-          "classifier_pooling": POOLINGS, "objective.cross_entropy": CROSS_ENTROPY}
+          "classifier_pooling": POOLINGS, "objective.cross_entropy": CROSS_ENTROPY,
+          "objective.masking.schedule": MASK_SCHEDULES}
 
 
 def _config(**overrides) -> ConceptModelConfig:
@@ -48,10 +50,16 @@ def _module(cfg: ConceptModelConfig, terms=None, scheme="fixed", seed=0) -> Pret
     return PretrainModule(model, objectives)
 
 
-def _batch(strategy: str = "bert") -> dict[str, torch.Tensor]:
+# Ids 0, 1 special (eos, mask); every third id starts a word, so words are 1-3 tokens long.
+TABLES = VocabularyTables(special=torch.arange(VOCAB).lt(2).numpy(), word_start=(torch.arange(VOCAB) % 3 == 0).numpy(),
+                          family="byte_level")
+
+
+def _batch(strategy: str = "bert", schedule: str = "constant", **masking) -> dict[str, torch.Tensor]:
     ids = torch.randint(2, VOCAB, (3, N), generator=torch.Generator().manual_seed(1))
-    collate = build_collator(MaskingSection(strategy=strategy), mask_token_id=1, random_vocab_size=VOCAB)
-    return collate(ids, torch.Generator().manual_seed(2))
+    section = MaskingSection(strategy=strategy, schedule=schedule, final_rate=0.3, schedule_steps=4, **masking)
+    collate = build_collator(section, mask_token_id=1, tables=TABLES)
+    return collate(ids, torch.Generator().manual_seed(2), batch_index=2)
 
 
 def _run_pipeline(module: PretrainModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -106,6 +114,17 @@ def test_attention_entries(name):
 def test_masking_entries(name):
     batch = _batch(name)
     assert batch["positions"].shape == batch["labels"].shape and batch["input_ids"].shape == (3, N)
+    conformance(_module(_config()), batch)
+
+
+@pytest.mark.parametrize("name", MASK_SCHEDULES.keys())
+def test_masking_schedule_entries(name):
+    conformance(_module(_config()), _batch(schedule=name))
+
+
+def test_mask_later_batches_conform():
+    batch = _batch(mask_later=True)
+    assert (batch["attention_mask"].gather(1, batch["positions"]) == 0).all()
     conformance(_module(_config()), batch)
 
 
