@@ -1,0 +1,29 @@
+"""Objective features under model parallelism: TP=2 and PP=2 compute what TP=1 / PP=1 compute (CPU, gloo, fp32)."""
+from _launch import losses, run, torchrun_cmd
+from test_tensor_parallel import EXACT, _close
+
+ZERO1, ZERO3 = "ds_configs/zero1.json", "ds_configs/zero3.json"
+SPAN = ["objective.masking.strategy=span", "objective.masking.options={p: 0.2, max_words: 10}",
+        "objective.masking.rate=0.3"]
+MASK_LATER = ["objective.masking.mask_later=true", "objective.masking.strategy=whole_word"]
+PIPE = ["train.grad_accum_steps=2", "model.num_layers=2", "model.decoder_layers=2"]
+
+
+def _pair(tmp_path, tiny_shards, ds_config, extra, parallel, nproc=2):
+    common = EXACT + extra + [f"data.shards={tiny_shards}"]
+    run(torchrun_cmd(1, ds_config, common + [f"run_dir={tmp_path / 'one'}"]))
+    run(torchrun_cmd(nproc, ds_config, common + [f"run_dir={tmp_path / 'split'}", parallel]))
+    _close(losses(tmp_path / "one"), losses(tmp_path / "split"))
+
+
+def test_span_masking_tp2_matches_tp1(tmp_path, tiny_shards):
+    _pair(tmp_path, tiny_shards, ZERO3, SPAN, "parallel.tensor=2")
+
+
+def test_span_masking_pp2_matches_pp1(tmp_path, tiny_shards):
+    _pair(tmp_path, tiny_shards, ZERO1, SPAN + PIPE, "parallel.pipeline=2")
+
+
+def test_mask_later_pp2_matches_pp1(tmp_path, tiny_shards):
+    # The key mask travels through the stages with the token states.
+    _pair(tmp_path, tiny_shards, ZERO1, MASK_LATER + PIPE, "parallel.pipeline=2")
