@@ -113,6 +113,17 @@ def _objectives(cfg: RunConfig) -> Optional[str]:
         WEIGHTING.options(o.weighting.scheme, o.weighting.options, "objective.weighting.options")
     except RegistryError as exc:
         return str(exc)
+    from ..model.decoders import DECODERS
+
+    if cfg.model.decoder not in DECODERS:
+        return None  # _registries names it
+    produced = set(getattr(DECODERS[cfg.model.decoder], "aux_names", ()))
+    for name, (kind, _) in terms.items():
+        missing = sorted(set(OBJECTIVES[kind].needs_aux) - produced)
+        if missing:
+            makers = [k for k in DECODERS.keys() if set(OBJECTIVES[kind].needs_aux) <= set(DECODERS[k].aux_names)]
+            return (f"objective.terms.{name} reads the decoder's {', '.join(missing)}, which model.decoder="
+                    f"{cfg.model.decoder} does not produce; use model.decoder={' or '.join(makers)}")
     if o.weighting.scheme == "uncertainty":
         signed = [name for name, (kind, _) in terms.items() if not OBJECTIVES[kind].nonnegative]
         if signed:

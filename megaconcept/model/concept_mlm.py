@@ -52,7 +52,17 @@ def encode_decode(
     if positions is None:
         decoder.check_length(input_ids.shape[1])
         positions = all_positions(input_ids)
-    return ConceptOutputs(concepts, decoder(concepts, positions), {})
+    result = decoder(concepts, positions, decoder_token_inputs(decoder, encoder.token_embed, input_ids, positions))
+    return ConceptOutputs(concepts, result.states, result.aux)
+
+
+def decoder_token_inputs(decoder: nn.Module, token_embed: nn.Module, input_ids: torch.Tensor,
+                         positions: torch.Tensor) -> Optional[torch.Tensor]:
+    """The token embeddings (B, M, Dt) of the input ids at the decoded positions, for decoders that read the
+    input tokens (uses_tokens); None for the others. The pipeline looks them up the same way on its first stage."""
+    if not decoder.uses_tokens:
+        return None
+    return token_embed(input_ids.gather(1, positions))
 
 
 class ConceptMLM(nn.Module):

@@ -44,6 +44,9 @@ class BackboneConfig:
         return self.num_layers > 0
 
 
+CONFIG_VERSION = 2
+
+
 @dataclass
 class ConceptModelConfig:
     """Architecture of a concept encoder with an MLM decoder; every field is a plain JSON value.
@@ -63,8 +66,9 @@ class ConceptModelConfig:
     """Attention heads in encoder and decoder (concept_dim must be divisible by it)."""
     mlp_ratio: float = 2.75
     """Gated-MLP hidden size as a multiple of concept_dim (rounded up to a multiple of 64)."""
-    decoder: str = "perceiver_mlm"
-    """Decoder registry key (see megaconcept.model.decoders.DECODERS)."""
+    decoder: str = "perceiver_posonly"
+    """Decoder registry key (megaconcept.model.decoders.DECODERS): perceiver_posonly | perceiver_mlm | weighted |
+    sim_matrix."""
     decoder_layers: int = 1
     """Decoder layers: position queries cross-attend to the concepts."""
     decoder_positions: str = "learned"
@@ -91,6 +95,15 @@ class ConceptModelConfig:
     collapsed; at unit scale they start distinct (cosine ~0.07)."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """Optional token backbone (see BackboneConfig)."""
+    config_version: int = CONFIG_VERSION
+    """Version of these field names. 1 (configs without the field: checkpoints and exports written before
+    decoders composed) named the position-only decoder `perceiver_mlm`; it is read as perceiver_posonly."""
+
+    def __post_init__(self) -> None:
+        if self.config_version == 1:
+            if self.decoder == "perceiver_mlm":
+                self.decoder = "perceiver_posonly"
+            self.config_version = CONFIG_VERSION
 
     @property
     def token_dim(self) -> int:
@@ -129,4 +142,5 @@ class ConceptModelConfig:
         backbone = values.get("backbone")
         if isinstance(backbone, dict):
             values = {**values, "backbone": BackboneConfig(**backbone)}
-        return cls(**values)
+        # Saved configs without a version predate it (version 1).
+        return cls(**{"config_version": 1, **values})

@@ -1,7 +1,22 @@
-"""Decoders: turn concepts back into per-position states (registry keyed by `model.decoder`)."""
+"""Decoders: turn concepts back into per-position states (registry keyed by `model.decoder`).
+
+    perceiver_posonly  position queries cross-attend to the concepts (no shortcut around the bottleneck)
+    perceiver_mlm      the upstream design: query = the corrupted input's token embedding + its position; it
+                       can copy visible tokens past the concepts (a known shortcut), kept to reproduce the research
+    weighted           each position decodes a learned softmax-weighted mix of the concepts, then MLPs
+    sim_matrix         a concept path (position queries over the concepts) and a simple token path (the input
+                       token's embedding through an MLP), mixed per position by a sigmoid gate; the LM head is
+                       linear, so mixing the states mixes the two paths' logits: g * concept + (1 - g) * token.
+                       The gate's mean and entropy are logged; objective.terms.gate can push it.
+
+Every decoder takes (concepts (B, C, D), positions (B, M)[, token_inputs (B, M, Dt)]) and returns a
+DecoderResult; positions never attend to each other, so decoding only the masked positions (sparse decoding)
+gives exactly the states a full decode would give there. `token_inputs` (decoders with uses_tokens) are the
+token embeddings of the model's input ids at the decoded positions.
+"""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -9,7 +24,7 @@ from torch import nn
 from .config import ConceptModelConfig
 from .layers import CrossAttentionBlock, MLPBlock, sinusoidal_features
 from .registry import Registry
-from .units import StageUnit
+from .units import StageUnit, float_extras
 
 
 class SinusoidalQueries(nn.Module):
@@ -35,16 +50,26 @@ POSITION_QUERIES.add("learned", lambda cfg: nn.Embedding(cfg.max_position_embedd
 POSITION_QUERIES.add("sinusoidal", lambda cfg: SinusoidalQueries(cfg.concept_dim))
 
 
-class PerceiverMLMDecoder(nn.Module):
-    """Position queries cross-attend to the concepts; each position is decoded independently.
+class DecoderResult(NamedTuple):
+    states: torch.Tensor
+    """(B, M, Dout) decoded states at the LM head's width."""
+    aux: dict[str, torch.Tensor]
+    """Per-position auxiliary tensors (B, M) named by the decoder's aux_names."""
 
-    Queries carry only *where* (a position vector, `model.decoder_positions`), never the input token, so
-    the decoder has no shortcut around the concept bottleneck. Because positions never attend to each
-    other, decoding only the masked positions (sparse decoding) gives exactly the states a full decode
-    would give there.
+
+class QueryDecoder(nn.Module):
+    """Queries (from positions, and tokens when `uses_tokens`) -> decoder layers over the concepts -> output.
+
+    Subclasses change `queries`, `layer` and `output`; forward and the pipeline units are shared, so a new
+    decoder runs under pipeline parallelism by overriding those three.
     """
 
-    def __init__(self, cfg: ConceptModelConfig) -> None:
+    uses_tokens = False
+    """forward needs token_inputs: the token embeddings of the input ids at the decoded positions."""
+    aux_names: tuple[str, ...] = ()
+    stat_names: tuple[str, ...] = ()
+
+    def __init__(self, cfg: ConceptModelConfig, cross_attention: bool = True) -> None:
         super().__init__()
         d = cfg.concept_dim
         self.position_queries = POSITION_QUERIES[cfg.decoder_positions](cfg)
@@ -52,7 +77,7 @@ class PerceiverMLMDecoder(nn.Module):
         self.cross = nn.ModuleList(
             CrossAttentionBlock(d, cfg.num_heads, cfg.norm_eps, cfg.dropout, cfg.attention)
             for _ in range(cfg.decoder_layers)
-        )
+        ) if cross_attention else None
         self.mlp = nn.ModuleList(MLPBlock(d, cfg.mlp_dim, cfg.norm_eps, cfg.dropout) for _ in range(cfg.decoder_layers))
         self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         # A tied LM head lives at the token width; project when the concept path is wider or narrower.
@@ -68,67 +93,182 @@ class PerceiverMLMDecoder(nn.Module):
                 f"decodes any length"
             )
 
-    def queries(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """positions (B, M) int -> position queries (B, M, D)."""
-        return self.position_queries(positions).to(dtype)
+    def query_modules(self) -> list[nn.Module]:
+        """Modules `queries` uses besides the position queries (the pipeline's input unit holds them)."""
+        return []
 
-    def output(self, states: torch.Tensor) -> torch.Tensor:
+    def output_modules(self) -> list[nn.Module]:
+        """Modules `output` uses besides norm and out_proj (the pipeline's output unit holds them)."""
+        return []
+
+    def queries(self, concepts: torch.Tensor, positions: torch.Tensor, token_inputs: Optional[torch.Tensor]) -> torch.Tensor:
+        """-> queries (B, M, D): the position queries."""
+        return self.position_queries(positions).to(concepts.dtype)
+
+    def layer(self, index: int, states: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        """Decoder layer `index`: cross-attention to the concepts, then the MLP."""
+        return self.mlp[index](self.cross[index](states, concepts, None))
+
+    def output(self, states: torch.Tensor, token_inputs: Optional[torch.Tensor]) -> DecoderResult:
         """Last layer's states (B, M, D) -> decoded states at the LM head's width."""
         states = self.norm(states)
-        return states if self.out_proj is None else self.out_proj(states)
+        return DecoderResult(states if self.out_proj is None else self.out_proj(states), {})
 
-    def forward(self, concepts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """concepts (B, C, D), positions (B, M) int -> decoded states (B, M, D or token_dim)."""
-        states = self.queries(positions, concepts.dtype)  # (B, M, D)
-        for cross, mlp in zip(self.cross, self.mlp):
-            states = mlp(cross(states, concepts, None))
-        return self.output(states)
+    def statistics(self, aux: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Scalars named by stat_names, from this decoder's aux tensors (logged as decoder/<name>)."""
+        return {}
+
+    def forward(self, concepts: torch.Tensor, positions: torch.Tensor,
+                token_inputs: Optional[torch.Tensor] = None) -> DecoderResult:
+        """concepts (B, C, D), positions (B, M) int[, token_inputs (B, M, Dt)] -> DecoderResult."""
+        if self.uses_tokens and token_inputs is None:
+            raise ValueError(f"{type(self).__name__} needs token_inputs (the input token embeddings at the positions)")
+        states = self.queries(concepts, positions, token_inputs)  # (B, M, D)
+        for index in range(len(self.mlp)):
+            states = self.layer(index, states, concepts)
+        return self.output(states, token_inputs)
 
     def pipeline_units(self) -> list[nn.Module]:
-        """(concepts, positions) -> ... -> (states, concepts), as pipeline units (megaconcept.model.units)."""
-        return [DecoderInput(self), *(QueryLayerUnit(c, m) for c, m in zip(self.cross, self.mlp)), DecoderOutput(self)]
+        """(concepts, positions[, token_inputs]) -> ... -> (states, concepts[, aux...]) as pipeline units."""
+        return [DecoderInput(self), *(DecoderLayerUnit(self, i) for i in range(len(self.mlp))), DecoderOutput(self)]
 
 
 class DecoderInput(nn.Module):
-    """(concepts, positions) -> (queries (B, M, D), concepts)."""
+    """(concepts, positions[, token_inputs]) -> (queries (B, M, D), concepts[, token_inputs])."""
 
-    def __init__(self, decoder: PerceiverMLMDecoder) -> None:
+    def __init__(self, decoder: QueryDecoder) -> None:
         super().__init__()
-        self.decoder = (decoder,)  # a tuple: this unit owns only the position queries
+        self.decoder = (decoder,)  # a tuple: this unit owns only the query-side parameters below
         self.position_queries = decoder.position_queries
+        self.query_parts = nn.ModuleList(decoder.query_modules())
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        concepts, positions = inputs
-        return self.decoder[0].queries(positions, concepts.dtype), concepts
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        concepts, positions, *rest = inputs
+        tokens = float_extras(rest)
+        queries = self.decoder[0].queries(concepts, positions, tokens[0] if tokens else None)
+        return (queries, concepts, *tokens)
 
 
-class QueryLayerUnit(StageUnit):
-    """One decoder layer: queries cross-attend to the concepts, then the MLP."""
+class DecoderLayerUnit(StageUnit):
+    """One decoder layer."""
 
-    def __init__(self, cross: nn.Module, mlp: nn.Module) -> None:
+    def __init__(self, decoder: QueryDecoder, index: int) -> None:
         super().__init__()
-        self.cross, self.mlp = cross, mlp
+        self.decoder, self.index = (decoder,), index
+        self.cross = decoder.cross[index] if decoder.cross is not None else None
+        self.mlp = decoder.mlp[index]
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        states, concepts = inputs
-        return self.mlp(self.cross(states, concepts, None)), concepts
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        states, concepts, *rest = inputs
+        return (self.decoder[0].layer(self.index, states, concepts), concepts, *rest)
 
 
 class DecoderOutput(nn.Module):
-    """(states, concepts) -> (decoded states at the LM head's width, concepts)."""
+    """(states, concepts[, token_inputs]) -> (decoded states, concepts, *aux in aux_names order)."""
 
-    def __init__(self, decoder: PerceiverMLMDecoder) -> None:
+    def __init__(self, decoder: QueryDecoder) -> None:
         super().__init__()
         self.decoder = (decoder,)
         self.norm, self.out_proj = decoder.norm, decoder.out_proj
+        self.output_parts = nn.ModuleList(decoder.output_modules())
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        states, concepts = inputs
-        return self.decoder[0].output(states), concepts
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        states, concepts, *tokens = inputs
+        result = self.decoder[0].output(states, tokens[0] if tokens else None)
+        return (result.states, concepts, *(result.aux[name] for name in self.decoder[0].aux_names))
+
+
+def _token_projection(cfg: ConceptModelConfig) -> Optional[nn.Linear]:
+    """Token embeddings (Dt) into the concept width (D) when the two differ."""
+    return nn.Linear(cfg.token_dim, cfg.concept_dim, bias=False) if cfg.token_dim != cfg.concept_dim else None
+
+
+class PositionQueryDecoder(QueryDecoder):
+    """perceiver_posonly: queries carry only *where* (a position vector), never the input token, so the
+    decoder has no shortcut around the concept bottleneck."""
+
+
+class TokenQueryDecoder(PositionQueryDecoder):
+    """perceiver_mlm (upstream): query = position query + the (corrupted) input token's embedding at that
+    position. Unmasked positions can copy their own token past the concepts: the shortcut the research found."""
+
+    uses_tokens = True
+
+    def __init__(self, cfg: ConceptModelConfig) -> None:
+        super().__init__(cfg)
+        self.token_proj = _token_projection(cfg)
+
+    def query_modules(self) -> list[nn.Module]:
+        return [m for m in (self.token_proj,) if m is not None]
+
+    def queries(self, concepts: torch.Tensor, positions: torch.Tensor, token_inputs: Optional[torch.Tensor]) -> torch.Tensor:
+        tokens = token_inputs.to(concepts.dtype)
+        tokens = tokens if self.token_proj is None else self.token_proj(tokens)
+        return self.position_queries(positions).to(concepts.dtype) + tokens
+
+
+class WeightedDecoder(PositionQueryDecoder):
+    """weighted: position m decodes softmax(w_m) . concepts, with C mixing logits w_m learned per position
+    (from its position query); then decoder_layers MLPs. No attention: which concept serves which position is a
+    property of the model, not of the input."""
+
+    def __init__(self, cfg: ConceptModelConfig) -> None:
+        super().__init__(cfg, cross_attention=False)
+        self.mix_logits = nn.Linear(cfg.concept_dim, cfg.num_concepts, bias=False)
+
+    def query_modules(self) -> list[nn.Module]:
+        return [self.mix_logits]
+
+    def queries(self, concepts: torch.Tensor, positions: torch.Tensor, token_inputs: Optional[torch.Tensor]) -> torch.Tensor:
+        weights = self.mix_logits(self.position_queries(positions).to(concepts.dtype)).float().softmax(dim=-1)
+        return (weights.to(concepts.dtype) @ concepts)  # (B, M, C) @ (B, C, D) -> (B, M, D)
+
+    def layer(self, index: int, states: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        return self.mlp[index](states)
+
+
+class SimMatrixDecoder(PositionQueryDecoder):
+    """sim_matrix: gate g = sigmoid(w . [concept state; token state]) mixes a concept path (position queries
+    over the concepts) and a token path (the input token's embedding through an MLP). Normed before mixing and
+    followed only by linear maps, so the logits are exactly g * concept logits + (1 - g) * token logits + bias."""
+
+    uses_tokens = True
+    aux_names = ("gate",)
+    stat_names = ("gate_mean", "gate_entropy")
+
+    def __init__(self, cfg: ConceptModelConfig) -> None:
+        super().__init__(cfg)
+        d = cfg.concept_dim
+        self.token_proj = _token_projection(cfg)
+        self.token_mlp = MLPBlock(d, cfg.mlp_dim, cfg.norm_eps, cfg.dropout)
+        self.token_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.gate_proj = nn.Linear(2 * d, 1)
+
+    def output_modules(self) -> list[nn.Module]:
+        return [m for m in (self.token_proj, self.token_mlp, self.token_norm, self.gate_proj) if m is not None]
+
+    def output(self, states: torch.Tensor, token_inputs: Optional[torch.Tensor]) -> DecoderResult:
+        concept_path = self.norm(states)  # (B, M, D)
+        tokens = token_inputs.to(states.dtype)
+        tokens = tokens if self.token_proj is None else self.token_proj(tokens)
+        token_path = self.token_norm(self.token_mlp(tokens))
+        gate = torch.sigmoid(self.gate_proj(torch.cat([concept_path, token_path], dim=-1)))  # (B, M, 1)
+        mixed = gate * concept_path + (1 - gate) * token_path
+        return DecoderResult(mixed if self.out_proj is None else self.out_proj(mixed), {"gate": gate.squeeze(-1)})
+
+    def statistics(self, aux: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """gate_mean: share of the concept path; gate_entropy: mean binary entropy of the gate (nats; ln 2 =
+        undecided everywhere, 0 = every position commits to one path)."""
+        g = aux["gate"].float().clamp(1e-6, 1 - 1e-6)
+        entropy = -(g * g.log() + (1 - g) * (1 - g).log())
+        return {"gate_mean": g.mean(), "gate_entropy": entropy.mean()}
 
 
 DECODERS: Registry[Callable[[ConceptModelConfig], nn.Module]] = Registry("model.decoder")
-DECODERS.add("perceiver_mlm", PerceiverMLMDecoder)
+DECODERS.add("perceiver_posonly", PositionQueryDecoder)
+DECODERS.add("perceiver_mlm", TokenQueryDecoder)
+DECODERS.add("weighted", WeightedDecoder)
+DECODERS.add("sim_matrix", SimMatrixDecoder)
 
 
 def build_decoder(cfg: ConceptModelConfig) -> nn.Module:

@@ -46,6 +46,7 @@ class MegaconceptConfig(PretrainedConfig):
     init_std: float = _DEFAULTS.init_std
     concept_init_std: float = _DEFAULTS.concept_init_std
     backbone: Optional[dict] = None
+    config_version: int = _DEFAULTS.config_version
     # Sequence classification only (not part of the pretraining architecture).
     classifier_pooling: str = "mean"
     """How concepts become one vector: mean | attention | decoder (see classification.py)."""

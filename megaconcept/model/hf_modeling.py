@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, Seque
 from transformers.utils import ModelOutput
 
 from .classification import AttentionPooler, ClassificationHead, decoder_width, pooled_width, pooling
-from .concept_mlm import all_positions, encode_decode, head_weight
+from .concept_mlm import all_positions, decoder_token_inputs, encode_decode, head_weight
 from .decoders import build_decoder
 from .encoder import ConceptEncoder, ReadPositions
 from .hf_configuration import MegaconceptConfig
@@ -150,7 +150,9 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         """
         concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
         self.decoder.check_length(input_ids.shape[1])
-        states = self.decoder(concepts, all_positions(input_ids))  # (B, N, D)
+        positions = all_positions(input_ids)
+        states = self.decoder(concepts, positions, decoder_token_inputs(self.decoder, self.encoder.token_embed,
+                                                                        input_ids, positions)).states  # (B, N, D)
         logits = F.linear(states, self.output_embedding(), self.lm_bias)  # (B, N, V)
         loss = None
         if labels is not None:
@@ -274,7 +276,8 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
         positions = all_positions(input_ids)
-        states = self.decoder(concepts, positions)  # (B, N, W)
+        token_inputs = decoder_token_inputs(self.decoder, self.encoder.token_embed, input_ids, positions)
+        states = self.decoder(concepts, positions, token_inputs).states  # (B, N, W)
         type_logits = self.classifier(self.pooler(states, mask) if self.pool_decoded else self.pooler(concepts))
         # fp32 and padding at the minimum: a padded position can never win a span or take softmax mass.
         span_logits = self.qa_outputs(states).float()  # (B, N, 2)

@@ -7,10 +7,12 @@ A test runs every registry entry's units in sequence against the plain forward (
 
 Between units flows a tuple of tensors. A pipeline sends one gradient back per floating-point tensor, so
 every float tensor that crosses a stage boundary must be one the next unit uses; integers carry none:
-    encoder (tokens (B, N, Dt), concepts (B, C, D), positions (B, M) int[, key mask (B, N) int])
-    decoder (states (B, M, D), concepts (B, C, D))   concepts travel on to the last stage's objectives
-The key mask travels only when the batch has one (mask-later masking, padded inputs); it is what the plain
-forward receives as attention_mask.
+    encoder (tokens (B, N, Dt), concepts (B, C, D), positions (B, M) int[, token inputs (B, M, Dt)][, key mask])
+    decoder (states (B, M, D), concepts (B, C, D)[, token inputs])  -> (states, concepts[, aux...])
+Concepts travel on to the last stage's objectives. The key mask (int) travels only when the batch has one
+(mask-later masking, padded inputs): it is what the plain forward receives as attention_mask. Token inputs
+(float) travel only for decoders that read the input tokens (their embeddings at the decoded positions,
+looked up on the first stage, where the embedding is).
 Units that are `StageUnit`s are heavy (a layer); stages start only at one of them.
 """
 from __future__ import annotations
@@ -22,8 +24,13 @@ from torch import nn
 
 
 def key_mask(rest: list[torch.Tensor]) -> Optional[torch.Tensor]:
-    """The optional key mask at the end of an encoder carry."""
-    return rest[0] if rest else None
+    """The optional key mask among a carry's extras: the integer one (extras for the decoder are float)."""
+    return next((t for t in rest if not t.is_floating_point()), None)
+
+
+def float_extras(rest: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A carry's float extras: the decoder's token inputs (B, M, Dt) when it uses them."""
+    return [t for t in rest if t.is_floating_point()]
 
 
 class StageUnit(nn.Module):
@@ -79,5 +86,5 @@ class EncoderOutput(nn.Module):
         self.norm = norm
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        _, concepts, positions, *_mask = inputs
-        return self.norm(concepts), positions
+        _, concepts, positions, *rest = inputs
+        return (self.norm(concepts), positions, *float_extras(rest))

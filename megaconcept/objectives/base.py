@@ -50,6 +50,8 @@ class Objective(nn.Module):
     """Batch keys the term reads (a pipeline sends exactly these to its last stage)."""
     stats: tuple[str, ...] = ()
     """Names of the statistics the term returns besides "loss" (logged as <term>/<stat>)."""
+    needs_aux: tuple[str, ...] = ()
+    """Auxiliary model outputs the term reads (ConceptOutputs.aux); the decoder must produce them (its aux_names)."""
     nonnegative: bool = True
     """The loss is >= 0 for every input. Uncertainty weighting refuses a term without this (a signed or
     unbounded-below term lets it drive the total to -inf and silence every other term)."""

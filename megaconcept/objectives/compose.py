@@ -16,7 +16,7 @@ from torch import nn
 from ..model.registry import RegistryError
 from .base import OBJECTIVES, BuildContext, TermConfig
 from .weighting import WEIGHTING
-from . import mlm as _mlm  # noqa: F401  (registers the built-in terms)
+from . import gate as _gate, mlm as _mlm  # noqa: F401  (register the built-in terms)
 
 
 def term_configs(terms: Mapping[str, Any]) -> dict[str, tuple[str, TermConfig]]:
@@ -60,6 +60,9 @@ class ObjectiveSet(nn.Module):
         self.terms = nn.ModuleDict({name: OBJECTIVES[kind](cfg, ctx) for name, (kind, cfg) in terms.items()})
         self.weighting = WEIGHTING[scheme](WEIGHTING.options(scheme, options, "objective.weighting.options"),
                                            dict(self.terms))
+        decoder = getattr(ctx.model, "decoder", None)
+        self._decoder = (decoder,)  # a tuple: the decoder stays the model's module
+        self.decoder_stats: tuple[str, ...] = getattr(decoder, "stat_names", ())
         self.step = 0
         """The optimizer step the next forward belongs to (the trainer sets it; warm-ups read it)."""
         self.collected: list[dict[str, torch.Tensor]] = []
@@ -73,7 +76,8 @@ class ObjectiveSet(nn.Module):
     def metric_names(self) -> list[str]:
         """Every metric key forward returns, in order (fixed by the config: the same on every rank)."""
         names = [f"{kind}/{name}" for name in self.terms for kind in ("loss", "weight")]
-        return names + [f"{name}/{stat}" for name, term in self.terms.items() for stat in term.stats]
+        names += [f"{name}/{stat}" for name, term in self.terms.items() for stat in term.stats]
+        return names + [f"decoder/{stat}" for stat in self.decoder_stats]
 
     def forward(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         results = {name: term(outputs, batch) for name, term in self.terms.items()}
@@ -88,6 +92,10 @@ class ObjectiveSet(nn.Module):
         for name, term in self.terms.items():
             for stat in term.stats:
                 metrics[f"{name}/{stat}"] = results[name][stat].detach().float()
+        if self.decoder_stats:  # e.g. sim_matrix's gate: is the concept path used?
+            with torch.no_grad():
+                stats = self._decoder[0].statistics(outputs.aux)
+            metrics.update({f"decoder/{k}": stats[k].float() for k in self.decoder_stats})
         return total, metrics
 
     def describe(self) -> str:

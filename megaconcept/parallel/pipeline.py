@@ -27,16 +27,19 @@ EMBED_KEY = "token_embed"
 
 
 class TokenEmbedding(nn.Module):
-    """(input_ids, positions[, key mask]) -> (embeddings, positions[, key mask]). Also the tied LM head's weight
-    at the last stage."""
+    """(input_ids, positions[, key mask]) -> (embeddings, positions[, decoder token inputs][, key mask]).
+    Also the tied LM head's weight at the last stage. For a decoder that reads the input tokens, their
+    embeddings at the decoded positions are looked up here, where the embedding is (model.units)."""
 
-    def __init__(self, token_embed: nn.Module) -> None:
+    def __init__(self, token_embed: nn.Module, decoder_reads_tokens: bool = False) -> None:
         super().__init__()
         self.token_embed = token_embed
+        self.decoder_reads_tokens = decoder_reads_tokens
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         input_ids, positions, *mask = inputs
-        return (self.token_embed(input_ids), positions, *mask)
+        tokens = (self.token_embed(input_ids.gather(1, positions)),) if self.decoder_reads_tokens else ()
+        return (self.token_embed(input_ids), positions, *tokens, *mask)
 
 
 class HeadAndObjectives(nn.Module):
@@ -63,11 +66,12 @@ def pipeline_layers(module: PretrainModule) -> list[Any]:
     model = module.model
     enc, tied = model.encoder, model.config.tie_word_embeddings
     tie = {"tied_weight_attr": ["token_embed.weight"]}
-    embed: Any = (TiedLayerSpec(EMBED_KEY, TokenEmbedding, enc.token_embed, **tie) if tied
-                  else TokenEmbedding(enc.token_embed))
+    reads = model.decoder.uses_tokens
+    embed: Any = (TiedLayerSpec(EMBED_KEY, TokenEmbedding, enc.token_embed, reads, **tie) if tied
+                  else TokenEmbedding(enc.token_embed, reads))
     layers: list[Any] = [embed, *model.pipeline_units(), HeadAndObjectives(module)]
     if tied:  # the embedding again, so DeepSpeed keeps the last stage's copy in sync (grads all-reduced)
-        layers.append(TiedLayerSpec(EMBED_KEY, TokenEmbedding, enc.token_embed, forward_fn=_pass_through, **tie))
+        layers.append(TiedLayerSpec(EMBED_KEY, TokenEmbedding, enc.token_embed, reads, forward_fn=_pass_through, **tie))
     return layers
 
 
@@ -116,13 +120,15 @@ class PipelineLoss:
 
     def __init__(self, module: PretrainModule) -> None:
         self.objectives = module.objectives
+        self.aux_names = module.model.decoder.aux_names
 
-    def __call__(self, outputs: tuple[torch.Tensor, torch.Tensor], labels: Any) -> torch.Tensor:
-        states, concepts = outputs
+    def __call__(self, outputs: tuple[torch.Tensor, ...], labels: Any) -> torch.Tensor:
+        states, concepts, *aux = outputs
         values = labels if isinstance(labels, (tuple, list)) else (labels,)
         batch = dict(zip(self.objectives.reads, values))
         # On the last stage the model's output embedding is the tied copy the pipeline registered (same object).
-        loss, metrics = self.objectives(ConceptOutputs(concepts, states, {}), batch)
+        outputs = ConceptOutputs(concepts, states, dict(zip(self.aux_names, aux)))
+        loss, metrics = self.objectives(outputs, batch)
         self.objectives.collected.append(metrics)
         return loss
 
@@ -146,12 +152,11 @@ def layer_names(module: nn.Module, layers: Iterable[Any]) -> dict[int, dict[str,
 
 def split_micro_batch(batch: dict[str, torch.Tensor], reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """A collated micro-batch as the engine takes it: (first-stage inputs, the last stage's objective inputs).
-    First-stage inputs: input_ids, positions and, when the batch has one, attention_mask (the key mask)."""
-    needed = {"input_ids", "positions", *reads}
-    optional = {"attention_mask"}
-    missing, extra = sorted(needed - set(batch)), sorted(set(batch) - needed - optional)
-    if missing or extra:
-        raise ValueError(f"pipeline parallelism takes input_ids/positions[/attention_mask] and the objectives' "
-                         f"{list(reads)}; the batch lacks {missing} and has extra {extra}")
+    First-stage inputs: input_ids, positions and, when the batch has one, attention_mask (the key mask); keys
+    no objective reads (labels of a run without an MLM term) are not sent."""
+    missing = sorted({"input_ids", "positions", *reads} - set(batch))
+    if missing:
+        raise ValueError(f"pipeline parallelism needs input_ids, positions and the objectives' {list(reads)}; "
+                         f"the batch lacks {missing}")
     first = tuple(batch[k] for k in ("input_ids", "positions", "attention_mask") if k in batch)
     return first, tuple(batch[k] for k in reads)

@@ -1,4 +1,8 @@
 """Objective features under model parallelism: TP=2 and PP=2 compute what TP=1 / PP=1 compute (CPU, gloo, fp32)."""
+import json
+
+import pytest
+
 from _launch import losses, run, torchrun_cmd
 from test_tensor_parallel import EXACT, _close
 
@@ -27,3 +31,23 @@ def test_span_masking_pp2_matches_pp1(tmp_path, tiny_shards):
 def test_mask_later_pp2_matches_pp1(tmp_path, tiny_shards):
     # The key mask travels through the stages with the token states.
     _pair(tmp_path, tiny_shards, ZERO1, MASK_LATER + PIPE, "parallel.pipeline=2")
+
+
+SIM = ["model.decoder=sim_matrix", "objective.terms.gate={weight: 0.1, target: 1.0}"]
+
+
+def test_sim_matrix_with_gate_term_tp2_matches_tp1(tmp_path, tiny_shards):
+    _pair(tmp_path, tiny_shards, ZERO3, SIM, "parallel.tensor=2")
+    rows = [r for r in _rows(tmp_path / "split") if "loss" in r]
+    assert all(0 < r["decoder/gate_mean"] < 1 and r["loss/gate"] > 0 and r["weight/gate"] == pytest.approx(0.1) for r in rows)
+
+
+def test_sim_matrix_pp2_matches_pp1(tmp_path, tiny_shards):
+    # Token inputs are looked up on the first stage and travel with the carry; the gate comes back from the last.
+    _pair(tmp_path, tiny_shards, ZERO1, SIM + PIPE, "parallel.pipeline=2")
+    one, split = ([r for r in _rows(tmp_path / d) if "loss" in r] for d in ("one", "split"))
+    assert [r["decoder/gate_mean"] for r in one] == pytest.approx([r["decoder/gate_mean"] for r in split], rel=1e-5)
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

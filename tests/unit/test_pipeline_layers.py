@@ -4,7 +4,7 @@ import torch
 
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
-from megaconcept.model.decoders import QueryLayerUnit
+from megaconcept.model.decoders import DecoderLayerUnit
 from megaconcept.model.units import BackboneUnit, ConceptUnit
 from megaconcept.objectives.module import mlm_module
 from megaconcept.parallel.pipeline import (PipelineLoss, canonical_names, layer_names, pipeline_layers, stage_bounds,
@@ -55,13 +55,13 @@ def test_pipeline_view_reproduces_the_model(cfg):
     assert sorted(saved) == sorted(module.state_dict())
     units = [type(s) for s in layers if _is_unit(s)]
     assert units.count(BackboneUnit) == cfg.backbone.num_layers and units.count(ConceptUnit) == cfg.num_layers
-    assert units.count(QueryLayerUnit) == cfg.decoder_layers
+    assert units.count(DecoderLayerUnit) == cfg.decoder_layers
 
 
 def test_interleaved_concept_layers_follow_the_depth_they_read():
     module = mlm_module(ConceptMLM(_config(backbone=BackboneConfig(**{**BACKBONE.__dict__, "layout": "interleaved"}))))
     kinds = [type(s).__name__[0] for s in pipeline_layers(module) if _is_unit(s)]
-    assert "".join(kinds) == "BCBCBCQQ"  # depths 1, 2, 3 for three concept layers over three backbone layers
+    assert "".join(kinds) == "BCBCBCDD"  # depths 1, 2, 3 for three concept layers over three backbone layers
 
 
 def test_stage_bounds_cut_only_before_units_and_balance_them():
