@@ -8,7 +8,7 @@ Plain Python (no torch), and shipped in exported folders with the model code tha
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar, get_args, get_type_hints
 
 T = TypeVar("T")
 
@@ -84,7 +84,25 @@ class Registry(Generic[T]):
         unknown = sorted(set(values) - set(valid))
         if unknown:
             raise RegistryError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        hints = get_type_hints(entry.config)
         try:
-            return entry.config(**values)
+            return entry.config(**{k: _typed(f"{where}.{k}", v, hints.get(k)) for k, v in values.items()})
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"{where}: {exc}") from None
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """`value` checked against a scalar field type (int -> float widening allowed); other types pass as given."""
+    allowed = [t for t in (get_args(hint) or (hint,)) if t is not type(None)]
+    if value is None and type(None) in get_args(hint):
+        return None
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    for kind in (bool, int, str):
+        if kind in allowed:
+            if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+                return value
+            raise RegistryError(f"{key}={value!r} must be {kind.__name__}")
+    if float in allowed:
+        raise RegistryError(f"{key}={value!r} must be a number")
+    return value
