@@ -4,7 +4,8 @@
 
 Each metric gets one table: a row per step that every run logged, a column per run, and, for two runs, the
 difference (second minus first) — e.g. the warm-started vs from-scratch comparison in the README. A closing
-line gives the mean of each column over the shared steps (``--from-step`` drops the warmup).
+line gives the mean of each column over the shared steps (``--from-step`` drops the warmup). ``--plot PNG``
+also draws one panel per metric, a line per run.
 """
 from __future__ import annotations
 
@@ -66,6 +67,28 @@ def _row(label: str, values: list[float], width: int, pair: bool) -> str:
     return f"{label:>7} " + " ".join(f"{v:>{width}.4g}" for v in values) + diff
 
 
+def plot(runs: dict[str, dict[int, dict]], metrics: Sequence[str], path: Path, from_step: int = 0) -> None:
+    """One panel per metric, a line per run over the steps it logged the metric at."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        for name, records in runs.items():
+            points = sorted((s, float(r[metric])) for s, r in records.items() if metric in r and s >= from_step)
+            if points:
+                axis.plot(*zip(*points), marker="." if len(points) < 20 else None, label=Path(name).name)
+        axis.set_title(metric)
+        axis.set_xlabel("step")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (each holds metrics.jsonl)")
@@ -73,6 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help=f"metrics.jsonl keys to compare (default: {' '.join(DEFAULT_METRICS)})")
     parser.add_argument("--every", type=int, default=1, help="show only steps divisible by this")
     parser.add_argument("--from-step", type=int, default=0, help="ignore steps before this (e.g. the warmup)")
+    parser.add_argument("--plot", type=Path, default=None, help="also write a PNG: one panel per metric")
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be >= 1")
@@ -93,6 +117,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         shown += 1
     if not shown:
         parser.exit(2, "compare_runs: error: no metric was logged at a shared step; check --metric and the runs\n")
+    if args.plot is not None:
+        plot(runs, args.metric, args.plot, args.from_step)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

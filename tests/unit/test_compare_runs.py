@@ -72,3 +72,13 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(runs[0]), str(runs[1]), "--metric", "nothing"])
     assert exit_info.value.code == 2
+
+
+def test_plot_writes_one_panel_per_metric(runs, tmp_path, capsys):
+    out = tmp_path / "plots" / "cmp.png"
+    main([str(runs[0]), str(runs[1]), "--metric", "loss", "heldout_loss", "--plot", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {out}" in capsys.readouterr().out
+    from PIL import Image
+
+    width, height = Image.open(out).size
+    assert width > 1.8 * height  # two panels side by side
