@@ -9,7 +9,8 @@ Written by megaconcept.train.checkpointer, read by megaconcept.export (and nothi
         config.yaml                       resolved run config
         tokenizer/                        the tokenizer the run trained with
         pipeline_layers.json              pipeline runs: {layer index: {key in its file: parameter name}}
-        COMPLETE                          written last, after every rank finished: the layout record
+        COMPLETE                          written last, after every rank finished: the layout record and
+                                          every file's size and sha256 (`files`), checked on resume and export
 
 Parameter names are the trained module's: `model.<canonical model name>` and `objectives.<term or weighting
 state>`. The export keeps `model.*` (prefix removed) and drops `objectives.*` by rule. Checkpoints written
@@ -17,6 +18,9 @@ before objectives composed hold the model's names without a prefix; they read th
 """
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 COMPLETE = "COMPLETE"
@@ -65,3 +69,69 @@ def split_trained_names(weights: Mapping[str, V]) -> tuple[dict[str, V], list[st
         else:
             model[name[len(MODEL_PREFIX):] if name.startswith(MODEL_PREFIX) else name] = value
     return model, sorted(dropped)
+
+
+FILES = "files"
+"""The COMPLETE record's key for {relative path: {"size": bytes, "sha256": hex}} of every file in the tag dir."""
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose files differ from what its COMPLETE record says was written."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_files(tag_dir: Path) -> list[Path]:
+    """Every file of a tag dir except COMPLETE itself, in a fixed order."""
+    return sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != COMPLETE)
+
+
+def file_digests(tag_dir: Path) -> dict[str, dict[str, Any]]:
+    """{path relative to the tag dir: {"size", "sha256"}} for the COMPLETE record."""
+    return {p.relative_to(tag_dir).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in checkpoint_files(tag_dir)}
+
+
+def verify_checkpoint(tag_dir: Path, record: Mapping[str, Any]) -> None:
+    """Raise DamagedCheckpoint naming the first file that is missing, cut short or altered. Checkpoints written
+    before digests were recorded carry no `files` and pass. Sizes are compared for every file before any hash
+    is computed: a truncation (the common damage) is found without reading gigabytes."""
+    files = record.get(FILES)
+    if not files:
+        return
+    for name, want in files.items():
+        path = tag_dir / name
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{path} is missing; checkpoint {tag_dir.name} is damaged")
+        size = path.stat().st_size
+        if size != want["size"]:
+            raise DamagedCheckpoint(f"{path} has {size} bytes, {want['size']} were written; "
+                                    f"checkpoint {tag_dir.name} is damaged (truncated or overwritten)")
+    for name, want in files.items():
+        if _sha256(tag_dir / name) != want["sha256"]:
+            raise DamagedCheckpoint(f"{tag_dir / name} does not match the sha256 recorded when it was written; "
+                                    f"checkpoint {tag_dir.name} is damaged")
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory entry under `root` (and root's own entry in its parent) to the disk, so
+    that a pointer written afterwards never names data still in the page cache when the node dies."""
+    for path in [*checkpoint_files(root), *(p for p in root.rglob(COMPLETE) if p.is_file())]:
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    for directory in [*sorted({p for p in root.rglob("*") if p.is_dir()}), root, root.parent]:
+        fsync_dir(directory)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -108,6 +108,19 @@ class TrainSection:
 
 
 @dataclass
+class GuardSection:
+    max_consecutive_skips: int = 3
+    """A step whose loss or gradient norm is not finite is skipped (no update, counted, logged); this many
+    skips in a row stop the run with an error, keeping the last finite checkpoint. 0 = stop at the first."""
+    max_total_skips: int = 20
+    """The run also stops after this many skipped steps in all."""
+    spike_factor: float = 5.0
+    """A logged loss above this multiple of the running median writes a `spike` warning record; 0 = off."""
+    spike_window: int = 50
+    """Logged losses the running median is taken over."""
+
+
+@dataclass
 class ParallelSection:
     tensor: int = 1
     """Tensor-parallel degree (megatron-core layers); must divide heads, MLP widths and the vocabulary."""
@@ -167,3 +180,5 @@ class RunConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    guard: GuardSection = field(default_factory=GuardSection)
+    """Non-finite steps and loss spikes (megaconcept.train.guard)."""
