@@ -9,6 +9,7 @@ run_dir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -20,6 +21,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ds_config", "--ds-config", default="ds_configs/zero3.json", help="ZeRO settings JSON")
     parser.add_argument("--config", default=None, help="recipe YAML (default: the embedded demo recipe)")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, so the registry entries it adds (objectives, decoders, masking "
+                             "strategies, ...) can be named in the config; repeatable; pass it again on resume")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     return parser.parse_args(argv)
@@ -33,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print("\n".join(flat_keys()))
         return 0
+    for module in args.plugin:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            print(f"error: --plugin {module} cannot be imported ({exc}); give an importable module path "
+                  "(its folder on PYTHONPATH)", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:

@@ -71,6 +71,8 @@ def split_trained_names(weights: Mapping[str, V]) -> tuple[dict[str, V], list[st
     return model, sorted(dropped)
 
 
+HEALTHY = "healthy"
+"""The COMPLETE record's key: False when the checkpoint was written while steps were being skipped."""
 FILES = "files"
 """The COMPLETE record's key for {relative path: {"size": bytes, "sha256": hex}} of every file in the tag dir."""
 
@@ -92,16 +94,19 @@ def checkpoint_files(tag_dir: Path) -> list[Path]:
     return sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != COMPLETE)
 
 
-def file_digests(tag_dir: Path) -> dict[str, dict[str, Any]]:
-    """{path relative to the tag dir: {"size", "sha256"}} for the COMPLETE record."""
+def file_digests(tag_dir: Path, part: tuple[int, int] = (0, 1)) -> dict[str, dict[str, Any]]:
+    """{path relative to the tag dir: {"size", "sha256"}} for the COMPLETE record; `part=(i, n)`: every n-th
+    file from the i-th (n ranks hash a share each and merge)."""
+    index, count = part
     return {p.relative_to(tag_dir).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in checkpoint_files(tag_dir)}
+            for p in checkpoint_files(tag_dir)[index::count]}
 
 
-def verify_checkpoint(tag_dir: Path, record: Mapping[str, Any]) -> None:
+def verify_checkpoint(tag_dir: Path, record: Mapping[str, Any], part: tuple[int, int] = (0, 1)) -> None:
     """Raise DamagedCheckpoint naming the first file that is missing, cut short or altered. Checkpoints written
-    before digests were recorded carry no `files` and pass. Sizes are compared for every file before any hash
-    is computed: a truncation (the common damage) is found without reading gigabytes."""
+    before digests were recorded carry no `files` and pass. Every file's size is checked before any hash is
+    computed (a truncation, the common damage, is found without reading gigabytes); `part=(i, n)` hashes only
+    every n-th file from the i-th, so n ranks share the reading."""
     files = record.get(FILES)
     if not files:
         return
@@ -113,8 +118,9 @@ def verify_checkpoint(tag_dir: Path, record: Mapping[str, Any]) -> None:
         if size != want["size"]:
             raise DamagedCheckpoint(f"{path} has {size} bytes, {want['size']} were written; "
                                     f"checkpoint {tag_dir.name} is damaged (truncated or overwritten)")
-    for name, want in files.items():
-        if _sha256(tag_dir / name) != want["sha256"]:
+    index, count = part
+    for name in sorted(files)[index::count]:
+        if _sha256(tag_dir / name) != files[name]["sha256"]:
             raise DamagedCheckpoint(f"{tag_dir / name} does not match the sha256 recorded when it was written; "
                                     f"checkpoint {tag_dir.name} is damaged")
 

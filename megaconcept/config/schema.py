@@ -110,10 +110,11 @@ class TrainSection:
 @dataclass
 class GuardSection:
     max_consecutive_skips: int = 3
-    """A step whose loss or gradient norm is not finite is skipped (no update, counted, logged); this many
-    skips in a row stop the run with an error, keeping the last finite checkpoint. 0 = stop at the first."""
+    """A step whose loss or gradient norm is not finite is skipped (no update, counted, logged); more skips in
+    a row than this stop the run with an error (exit 3), keeping the last healthy checkpoint. 0 = stop at the
+    first."""
     max_total_skips: int = 20
-    """The run also stops after this many skipped steps in all."""
+    """The run also stops when more steps than this were skipped in all."""
     spike_factor: float = 5.0
     """A logged loss above this multiple of the running median writes a `spike` warning record; 0 = off."""
     spike_window: int = 50

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import signal
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from megaconcept.data.heldout import LAST_SHARD, training_manifest
+from megaconcept.data.heldout import training_manifest
 from megaconcept.data.shards import Manifest, read_manifest, read_shard
 
 STATE_VERSION = 1
@@ -117,11 +118,19 @@ class _ShardStream(IterableDataset):
         """Shard ``index`` as (S, N) int64, its rows permuted for this epoch."""
         info = self.manifest.shards[index]
         rows = read_shard(self.manifest.shard_path(index), info.sha256 if self.verify_checksums else None,
-                          self.manifest.seq_len, expected_samples=info.samples)
+                          self.manifest.seq_len, expected_samples=info.samples, vocab_size=self.manifest.vocab_size)
         if self.shuffle:
             rows = rows[np.random.default_rng(_derive_seed(_SAMPLE_ORDER, self.seed, epoch, index))
                         .permutation(len(rows))]
         return rows
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """SLURM signals every process of a job step, data workers included; a worker that died of the SIGTERM
+    or SIGUSR1 meant for the trainer would fail the very step it is finishing before its checkpoint. Workers
+    end with their parent (the DataLoader shuts them down and they watch it)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _identity(manifest: Manifest) -> str:
@@ -164,17 +173,20 @@ def build_train_stream(shard_dir: str, micro_batch_size: int, seed: int, rank: i
     if micro_batch_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need micro_batch_size >= 1 and 0 <= rank < world_size, got "
                          f"{micro_batch_size}, rank {rank}, world_size {world_size}")
-    manifest = training_manifest(read_manifest(shard_dir), heldout)
+    full = read_manifest(shard_dir)
+    manifest = training_manifest(full, heldout)
     workers = max(1, num_workers)
-    check_split(len(manifest.shards), world_size, workers, held_out=heldout == LAST_SHARD)
+    check_split(len(manifest.shards), world_size, workers, held_out=len(manifest.shards) < len(full.shards))
     current = _initial_state(manifest, seed, rank, world_size, workers, shuffle, micro_batch_size, start_epoch)
     if state is not None:
         _check_state(state, current)
         current = copy.deepcopy(state)
     dataset = _ShardStream(manifest, micro_batch_size, seed, rank, world_size, workers, collate,
                            current["workers"], current["next_worker"], shuffle, verify_checksums)
+    # Its own generator: starting the loader draws a worker base seed, and a draw from the global RNG would
+    # shift every dropout mask after a resume (the stream is restarted there, not in the uninterrupted run).
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                        pin_memory=torch.cuda.is_available())
+                        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_stop_signals)
     for batch, position in loader:
         worker = int(position.pop("worker"))
         current["workers"][worker] = {k: int(v) for k, v in position.items()}

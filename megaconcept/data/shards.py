@@ -164,12 +164,14 @@ def _validate(manifest: Manifest, path: Path) -> None:
 
 
 def read_shard(path: str, expected_sha256: str | None, seq_len: int,
-               expected_samples: int | None = None) -> np.ndarray:
+               expected_samples: int | None = None, vocab_size: int | None = None) -> np.ndarray:
     """Read one shard into a (S, seq_len) int64 array, in sample order.
 
     Args:
         expected_sha256: the manifest's checksum, or None to skip verification.
         expected_samples: the manifest's sample count, or None to skip that check.
+        vocab_size: the manifest's vocabulary size: every id must be below it (an embedding lookup of a
+            larger id fails deep inside training otherwise), or None to skip that check.
 
     Raises:
         ShardError: one line naming the shard: missing, checksum mismatch, corrupt/truncated tar,
@@ -188,7 +190,11 @@ def read_shard(path: str, expected_sha256: str | None, seq_len: int,
     if not rows or (expected_samples is not None and len(rows) != expected_samples):
         raise ShardError(f"shard {path} holds {len(rows)} samples, manifest says {expected_samples} "
                          f"(truncated?); {RERUN_HINT}")
-    return np.stack(rows).astype(np.int64)
+    ids = np.stack(rows).astype(np.int64)
+    if vocab_size is not None and int(ids.max()) >= vocab_size:
+        raise ShardError(f"shard {path} holds id {int(ids.max())}, outside the vocabulary of {vocab_size} ids its "
+                         f"manifest records (the manifest or the shard was replaced); {RERUN_HINT}")
+    return ids
 
 
 def _parse_tar(path: str, data: bytes, seq_len: int) -> list[np.ndarray]:

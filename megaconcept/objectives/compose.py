@@ -84,6 +84,7 @@ class ObjectiveSet(nn.Module):
         losses = {name: r["loss"] for name, r in results.items()}
         weights = {name: warmed_weight(cfg, self.step) for name, cfg in self.configs.items()}
         total, effective = self.weighting(losses, weights)
+        total = _nonfinite_poisons_gradients(total)
         device = total.device
         metrics: dict[str, torch.Tensor] = {}
         for name in self.terms:
@@ -103,6 +104,16 @@ class ObjectiveSet(nn.Module):
                  + (f", warm-up {cfg.warmup_steps} steps)" if cfg.warmup_steps else ")")
                  for name, cfg in self.configs.items()]
         return f"objectives: {', '.join(parts)}; weighting {type(self.weighting).__name__}"
+
+
+def _nonfinite_poisons_gradients(total: torch.Tensor) -> torch.Tensor:
+    """`total`, unchanged when finite; when not, every gradient it produces is NaN as well. A non-finite loss
+    must never update the weights, and DeepSpeed's optimizers skip exactly the steps whose gradient norm is not
+    finite, on every rank at once (megaconcept.train.guard counts them). A NaN term whose gradients happen to be
+    finite (a constant, a detached statistic) would otherwise slip through. No host sync: when finite the added
+    term is 0 * total and its gradient 0, so values and gradients stay bit-for-bit what they were."""
+    poison = torch.where(torch.isfinite(total.detach()), 0.0, float("nan"))
+    return total + poison * total
 
 
 def build_objectives(terms: Mapping[str, Any], scheme: str, options: Optional[Mapping[str, Any]],

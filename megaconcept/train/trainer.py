@@ -13,6 +13,7 @@ from ..config import RunConfig, to_yaml
 from ..config.deepspeed import build_deepspeed_config, zero_stage
 from ..data.loader import build_train_stream
 from ..checkpoint_format import PIPELINE_LAYERS
+from ..data.heldout import heldout_note
 from ..data.shards import read_manifest
 from ..objectives.base import BuildContext
 from ..objectives.compose import build_objectives
@@ -24,7 +25,10 @@ from ..parallel.pipeline import canonical_names, layer_names, pipeline_layers, s
 from .analysis import ConceptMonitor, summary_line
 from .builders import (build_collator, build_model, model_config, param_groups, split_groups, to_device,
                        vocab_multiple, vocabulary_for, warm_start_backbone)
-from .checkpointer import Checkpointer
+from .checkpointer import Checkpointer, latest_checkpoint
+from .guard import DivergedError, StepGuard
+from .resume_choice import check_same_model
+from .preemption import Preempted, PreemptionWatch
 from .step_metrics import StepMetrics
 from .flops import count_flops, mfu, peak_flops
 from .metrics import MetricLogger
@@ -39,6 +43,8 @@ class Trainer:
         import deepspeed
 
         self.cfg, self.ctx = cfg, ctx
+        # From the start: a signal during set-up still ends in a checkpoint after the first step.
+        self.preemption = PreemptionWatch(ctx.device).install()
         self.manifest = read_manifest(cfg.data.shards)
         self.vocab = vocabulary_for(self.manifest)
         self.tokenizer_dir = str(Path(cfg.data.shards) / "tokenizer")
@@ -50,6 +56,8 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
         self.checkpoint_files: dict[str, str] = {}
         resume = self.checkpointer.resume_kind()  # refuses an unresumable layout before any engine exists
+        if resume is not None:
+            check_same_model(self.checkpointer.resume_path(), _plain(cfg)["model"])
         if resume is None:  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
         self.module = PretrainModule(model, self._objectives(model))
@@ -70,6 +78,7 @@ class Trainer:
         )
         self.config_yaml = to_yaml(cfg)
         self.state = self.checkpointer.load(self.engine) or TrainState()
+        self.guard = StepGuard(cfg.guard, self.state.skipped_steps)
         if ctx.is_main:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.run_dir) / "config.yaml").write_text(self.config_yaml)
@@ -89,6 +98,7 @@ class Trainer:
             self._say("concept analysis is off under pipeline parallelism (no stage holds every concept layer); "
                       "score an exported checkpoint with `python -m evals.concepts` instead")
             return None
+        self._say(heldout_note(self.manifest, a.heldout))
         return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator())
 
     def _collator(self, first_step: int = 0) -> Any:
@@ -204,28 +214,76 @@ class Trainer:
         }
 
     def fit(self) -> TrainState:
+        t = self.cfg.train
+        try:
+            if self.state.step >= t.max_steps:
+                self._say(f"run at step {self.state.step} >= train.max_steps={t.max_steps}; raise it to continue")
+                return self.state
+            self._say(f"training {self.state.step} -> {t.max_steps} steps; run dir {self.cfg.run_dir}")
+            self._loop()
+        except DivergedError as exc:
+            newest = latest_checkpoint(self.checkpointer.root)
+            kept = f"the last healthy checkpoint is {newest}" if newest else "no checkpoint was written yet"
+            raise DivergedError(f"{exc}; the run stopped and {kept} (lower train.lr or raise train.warmup_steps, "
+                                "then resume)") from None
+        finally:
+            self.logger.close()
+            self.preemption.uninstall()
+        return self.state
+
+    def _loop(self) -> None:
         t, ck = self.cfg.train, self.cfg.checkpoint
-        if self.state.step >= t.max_steps:
-            self._say(f"run at step {self.state.step} >= train.max_steps={t.max_steps}; raise it to continue")
-            return self.state
-        self._say(f"training {self.state.step} -> {t.max_steps} steps; run dir {self.cfg.run_dir}")
         self.engine.train()
         stream, steps, tick = self._stream(), [], time.perf_counter()
         while self.state.step < t.max_steps:
-            steps.append(self._train_step(stream))
-            if self.state.step % t.log_interval == 0 or self.state.step == t.max_steps:
-                self.logger.log(self._record(steps, time.perf_counter() - tick))
+            step = self._train_step(stream)
+            if self._healthy(step):
+                steps.append(step)
+            if steps and (self.state.step % t.log_interval == 0 or self.state.step == t.max_steps):
+                self._log(steps, time.perf_counter() - tick)
                 steps, tick = [], time.perf_counter()
             paused = time.perf_counter()  # analysis and checkpoints stay out of the throughput window
             if self.monitor is not None and self.monitor.due(self.state.step, t.max_steps):
                 self._analyse()
-            if self.state.step % ck.interval == 0 or self.state.step == t.max_steps:
-                path = self.checkpointer.save(self.engine, self.state, self.config_yaml, self.tokenizer_dir,
-                                              self.checkpoint_files)
-                self._say(f"checkpoint {path}")
+            preempted = self.preemption.requested()
+            if preempted or self.state.step % ck.interval == 0 or self.state.step == t.max_steps:
+                self._checkpoint(preempted)
+            if preempted:
+                raise Preempted(f"{self.preemption.signal or 'a signal on another rank'} at step {self.state.step}: "
+                                f"checkpoint written; run the same command to resume")
             tick += time.perf_counter() - paused
-        self.logger.close()
-        return self.state
+
+    def _healthy(self, step: StepMetrics) -> bool:
+        """Account for the step just taken with the guard; False (and a warning record) when it was skipped."""
+        grad_norm = self.engine.get_global_grad_norm()
+        record = self.guard.after_step(self.state.step, self.engine.was_step_applied(), step.loss,
+                                       None if grad_norm is None else float(grad_norm))
+        self.state.skipped_steps = self.guard.total
+        if record is None:
+            return True
+        self.logger.warn(record, f"warning: step {record['step']} skipped (non-finite loss or gradient norm; "
+                                 f"{record['skipped_in_a_row']} in a row, {record['skipped_steps']} in all)")
+        self.guard.check_limits(self.state.step)
+        return False
+
+    def _log(self, steps: list[StepMetrics], elapsed: float) -> None:
+        record = self._record(steps, elapsed)
+        self.logger.log(record)
+        spike = self.guard.spike(record["step"], record["loss"])
+        if spike is not None:
+            self.logger.warn(spike, f"warning: step {spike['step']} loss {spike['loss']:.4f} is "
+                                    f"{spike['factor']:.1f}x the running median {spike['running_median']:.4f}")
+
+    def _checkpoint(self, preempted: bool) -> None:
+        """A scheduled checkpoint waits while steps are being skipped; a preempted run saves anyway (skipped
+        steps left the weights as they were), marked unhealthy so pruning keeps the last healthy one."""
+        if self.guard.skipping and not preempted:
+            self._say(f"checkpoint at step {self.state.step} not written: the last {self.guard.in_a_row} step(s) "
+                      "were skipped")
+            return
+        path = self.checkpointer.save(self.engine, self.state, self.config_yaml, self.tokenizer_dir,
+                                      self.checkpoint_files, healthy=not self.guard.skipping)
+        self._say(f"checkpoint {path}")
 
     def _analyse(self) -> None:
         record = self.monitor.measure(self.engine, self.state.step)

@@ -35,12 +35,21 @@ def test_last_shard_is_held_out_of_the_training_stream(tiny_shards):
     assert not held & set(rows)
 
 
-def test_a_single_shard_cannot_hold_one_out(tiny_shards):
+def test_a_single_shard_trains_and_analyses_its_first_samples(tiny_shards):
+    """A small corpus (one shard) still gets a run with analysis: on that shard's first samples, which training
+    also reads, and the log says so."""
     import dataclasses
 
-    one = dataclasses.replace(read_manifest(str(tiny_shards)), shards=read_manifest(str(tiny_shards)).shards[:1])
-    with pytest.raises(ValueError, match="needs at least 2 shards.*analysis.interval=0"):
-        training_manifest(one, LAST_SHARD)
+    from megaconcept.data.heldout import heldout_note
+
+    full = read_manifest(str(tiny_shards))
+    one = dataclasses.replace(full, shards=full.shards[:1], samples=full.shards[0].samples)
+    assert training_manifest(one, LAST_SHARD) is one
+    first = read_shard(one.shard_path(0), None, one.seq_len)
+    np.testing.assert_array_equal(heldout_ids(one, LAST_SHARD, 4), first[:4])
+    note = heldout_note(one, LAST_SHARD)
+    assert "only shard" in note and "not held out" in note and one.shards[0].name in note
+    assert "kept out of training" in heldout_note(full, LAST_SHARD)
 
 
 class _Engine:
