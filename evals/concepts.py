@@ -21,14 +21,17 @@ tokenized with the exported tokenizer as pretraining saw documents (tokens + eos
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .common import EvalError, Report, check_length, check_model_dir, encode, load_tokenizer, run_header
+from .common import (EvalError, Report, add_model_arguments, check_length, check_model_dir, check_weights, encode,
+                     json_kind, load_model, load_tokenizer, model_config, output_dir, positive_int, run_header,
+                     sequence_length, trust_remote_code)
+from .data_files import json_records, text_lines
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -52,30 +55,21 @@ def shard_rows(directory: Path, limit: int, max_length: int) -> list[list[int]]:
 
 def text_documents(path: Path, limit: int) -> list[str]:
     """Up to `limit` non-blank documents: .txt lines, or the "text" field of .jsonl lines (read lazily)."""
-    docs: list[str] = []
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if len(docs) >= limit:
-                    break
-                if line.strip():
-                    docs.append(line.rstrip("\n") if path.suffix == ".txt" else _jsonl_text(path, number, line))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalError(f"--data {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
-    return docs
+    if path.suffix == ".txt":
+        return [line for _, line in itertools.islice(text_lines(path), limit)]
+    return [_jsonl_text(where, record) for where, record in itertools.islice(json_records(path), limit)]
 
 
-def _jsonl_text(path: Path, number: int, line: str) -> str:
-    try:
-        text = json.loads(line)["text"]
-    except (ValueError, KeyError, TypeError):
-        raise EvalError(f"{path}:{number} is not a JSON object with a \"text\" field") from None
-    if not isinstance(text, str):
-        raise EvalError(f"{path}:{number}: \"text\" is {type(text).__name__}, not a string")
-    return text
+def _jsonl_text(where: str, record: dict[str, Any]) -> str:
+    if "text" not in record:
+        raise EvalError(f"{where} lacks a \"text\" field (one document per line: {{\"text\": \"...\"}})")
+    if not isinstance(record["text"], str):
+        raise EvalError(f"{where}: \"text\" is {json_kind(record['text'])}, expected a string")
+    return record["text"]
 
 
-def load_rows(data: str, model_dir: Path, limit: int, max_length: int) -> tuple[list[list[int]], dict[str, Any]]:
+def load_rows(data: str, model_dir: Path, limit: int, max_length: int, trust: bool
+              ) -> tuple[list[list[int]], dict[str, Any]]:
     """Token id rows to encode and a description of where they came from; EvalError for unusable data."""
     path = Path(data).expanduser()
     if path.is_dir():
@@ -89,12 +83,12 @@ def load_rows(data: str, model_dir: Path, limit: int, max_length: int) -> tuple[
         raise EvalError(f"--data {data!r}: unknown file type {path.suffix or '(none)'!r}; use a shard directory "
                         f"or a {'/'.join(TEXT_SUFFIXES)} file")
     else:
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer = load_tokenizer(model_dir, trust)
         rows = [encode(tokenizer, doc, None, max_length)["input_ids"] for doc in text_documents(path, limit)]
         kind = path.suffix[1:]
     if not rows:
         raise EvalError(f"--data {data!r} holds no documents")
-    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    vocab = model_config(model_dir).vocab_size
     top = max(max(r) for r in rows if r)
     if top >= vocab:
         raise EvalError(f"--data {data!r} has token id {top} >= the model's vocab_size {vocab}: "
@@ -143,14 +137,13 @@ class Usage:
                 "mean_attention_entropy": sum(attention) / len(attention) if attention else None}
 
 
-def encode_all(model_dir: Path, rows: list[list[int]], batch_size: int) -> tuple[Any, Usage]:
+def encode_all(model_dir: Path, rows: list[list[int]], batch_size: int, trust: bool) -> tuple[Any, Usage]:
     """Concepts (S, C, D) of every row, float32 on CPU, and the cross-attention usage collected on the way."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True).to(device).eval()
+    model = load_model("AutoModel", model_dir, trust).to(device).eval()
     usage = Usage(model.config.num_concepts)
     pad = 0  # any id: padded positions are masked out of the cross-attention
     chunks = []
@@ -222,25 +215,26 @@ def write_results(out: Path, model_dir: Path, args: argparse.Namespace, data: di
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.concepts", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="exported HF folder (python -m megaconcept.export)")
+    add_model_arguments(p)
     p.add_argument("--data", required=True, help="shard directory (data_prep.shard) or a .txt / .jsonl file")
-    p.add_argument("--limit", type=int, default=1000,
+    p.add_argument("--limit", type=positive_int, default=1000,
                    help="inputs encoded, default 1000 (all their concepts are held in memory: limit x C x D floats)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per input, default 512 (longer ones are cut)")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass, default 16")
-    p.add_argument("--out", help="results folder (default evals_results/concepts-<model name>)")
+    p.add_argument("--max-length", type=sequence_length, default=512,
+                   help="tokens per input, default 512 (longer ones are cut)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="inputs per forward pass, default 16")
+    p.add_argument("--out", type=output_dir, help="results folder (default evals_results/concepts-<model name>)")
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.limit < 1 or args.batch_size < 1 or args.max_length < 1:
-            raise EvalError("--limit, --batch-size and --max-length must be positive")
         model_dir = check_model_dir(args.model)
+        check_weights(model_dir)
         check_length(model_dir, args.max_length, "mean")
-        rows, data = load_rows(args.data, model_dir, args.limit, args.max_length)
-        concepts, usage = encode_all(model_dir, rows, args.batch_size)
+        trust = trust_remote_code(model_dir, args.trust_remote_code)
+        rows, data = load_rows(args.data, model_dir, args.limit, args.max_length, trust)
+        concepts, usage = encode_all(model_dir, rows, args.batch_size, trust)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

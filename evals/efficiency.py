@@ -32,7 +32,8 @@ from torch import nn
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.lm_loss import chunked_cross_entropy
 
-from .common import EvalError, versions
+from .common import (EvalError, exported_config, finite_positive_float, nonnegative_int, output_dir, positive_int,
+                     versions)
 
 DEFAULT_LENGTHS = "512,1024,2048,4096"
 GPU_LENGTHS = "512,1024,2048,4096,8192,16384"
@@ -358,9 +359,7 @@ def model_config(args: argparse.Namespace, max_len: int) -> tuple[ConceptModelCo
     if args.model:
         if not (Path(args.model) / "config.json").is_file():
             raise EvalError(f"--model {args.model!r} is not an exported folder with a config.json (megaconcept.export)")
-        from megaconcept.model.hf_configuration import MegaconceptConfig
-
-        cfg = MegaconceptConfig.from_pretrained(args.model).to_model_config()
+        cfg = exported_config(Path(args.model))
     elif args.config:
         from megaconcept.config.loader import load_config
 
@@ -427,15 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="exported HF folder (its config.json gives the architecture)")
     source.add_argument("--config", help="run recipe YAML (its model section gives the architecture)")
     p.add_argument("--lengths", default=DEFAULT_LENGTHS, help=f"sequence lengths (GPU target: {GPU_LENGTHS})")
-    p.add_argument("--tokens-per-step", type=int, default=4096, help="tokens per step at every length")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per cell (the median is reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per cell before timing")
+    p.add_argument("--tokens-per-step", type=positive_int, default=4096, help="tokens per step at every length")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per cell (the median is reported)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed steps per cell before timing")
     p.add_argument("--loss-shapes", default=DEFAULT_LOSS_SHAPES, help="BATCHxSEQ_LEN shapes of the loss-path section")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per cell (0 = torch's default; 1 = steadier)")
+    p.add_argument("--threads", type=nonnegative_int, default=0,
+                   help="CPU threads per cell (0 = torch's default; 1 = steadier)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto = bf16 on CUDA, else fp32")
-    p.add_argument("--memory-cap-gib", type=float, help="CPU: skip cells estimated above (default: RAM free/2)")
-    p.add_argument("--out", help="results folder (default evals_results/efficiency-<device>)")
+    p.add_argument("--memory-cap-gib", type=finite_positive_float,
+                   help="CPU: skip cells estimated above (default: RAM free/2)")
+    p.add_argument("--out", type=output_dir, help="results folder (default evals_results/efficiency-<device>)")
     return p
 
 
@@ -481,8 +482,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         lengths = sorted({n for (n,) in parse_items(args.lengths, "--lengths", pairs=False)})
         shapes = [(b, n) for b, n in parse_items(args.loss_shapes, "--loss-shapes", pairs=True)]
-        if min(args.tokens_per_step, args.repeats) <= 0 or min(args.warmup, args.threads) < 0:
-            raise EvalError("--tokens-per-step and --repeats must be positive, --warmup and --threads at least 0")
         payload = run(args, lengths, shapes)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)

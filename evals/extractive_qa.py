@@ -8,7 +8,6 @@ the document's own text. Training uses the HF Trainer (as GLUE does); prediction
 """
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from .common import EvalError
+from .common import EvalError, load_model, read_config
 from .glue_finetune import FinetuneConfig, training_args
 
 # Answer type -> the answer text qasper's references use for it (spans are the document's own text).
@@ -104,18 +103,15 @@ def training_features(tokenizer: Any, rows: list[dict[str, Any]], max_length: in
 
 def check_qa_export(model_dir: Path) -> None:
     """An EvalError unless the exported folder maps AutoModelForQuestionAnswering to its own code."""
-    auto_map = json.loads((model_dir / "config.json").read_text()).get("auto_map") or {}
-    if "AutoModelForQuestionAnswering" not in auto_map:
+    auto_map = read_config(model_dir).get("auto_map")
+    if not isinstance(auto_map, dict) or "AutoModelForQuestionAnswering" not in auto_map:
         raise EvalError(f"{model_dir} has no question-answering class (exported before it existed); re-export "
                         f"it with python -m megaconcept.export")
 
 
-def load_qa_model(model_dir: Path, pooling: str) -> Any:
-    from transformers import AutoModelForQuestionAnswering
-
+def load_qa_model(model_dir: Path, pooling: str, trust: bool) -> Any:
     check_qa_export(model_dir)
-    return AutoModelForQuestionAnswering.from_pretrained(str(model_dir), trust_remote_code=True,
-                                                         classifier_pooling=pooling)
+    return load_model("AutoModelForQuestionAnswering", model_dir, trust, classifier_pooling=pooling)
 
 
 def train_qa(model: Any, tokenizer: Any, features: list[dict[str, Any]], cfg: FinetuneConfig, seed: int) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import metrics
-from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, fmt, parse_list,
-                     parse_seeds, results_dir, run_header, standin_notes)
+from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, check_weights, fmt,
+                     load_tokenizer, parse_list, parse_seeds, results_dir, run_header, standin_notes, trust_remote_code)
 from .glue_data import STANDIN_TASKS, TASKS, TaskSpec, load_task
 from .glue_finetune import FinetuneConfig, finetune
 
@@ -132,13 +132,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model_dir = check_model_dir(args.model)
+        check_weights(model_dir)
         valid = list(STANDIN_TASKS if args.stand_in else TASKS)
         tasks = parse_list(args.tasks, valid, "GLUE task") or valid
         if args.from_mnli and "mnli" not in tasks:
             raise EvalError("--from-mnli needs mnli among --tasks (its fine-tuned model is the starting point)")
         seeds = parse_seeds(args.seeds)
-        cfg = FinetuneConfig.from_args(args)
+        cfg = FinetuneConfig.from_args(args, trust_remote_code(model_dir, args.trust_remote_code))
         check_length(model_dir, cfg.max_length, cfg.pooling)
+        load_tokenizer(model_dir, cfg.trust_remote_code)  # a broken tokenizer fails now, not after the data loads
         out_dir = results_dir(args, "glue", model_dir)
         results, mnli_models = [], None
         for name in _order(tasks, args.from_mnli):

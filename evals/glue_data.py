@@ -2,11 +2,14 @@
 or offline stand-ins derived at run time from real data (see evals/standins.py)."""
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-from .common import EvalError
+from .common import EvalError, json_kind, one_line
+from .data_files import Record, json_records, numbered, table_records
 
 HUB_DATASET = "nyu-mll/glue"
 LOCAL_EXTENSIONS = {"parquet": "parquet", "jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv"}
@@ -63,44 +66,74 @@ class TaskData:
     """Rows: {"text_a": str, "text_b": str | None, "label": int | float}."""
 
 
-def _rows(spec: TaskSpec, records: Any, limit: Optional[int]) -> list[dict[str, Any]]:
+def _label(spec: TaskSpec, where: str, value: Any) -> Any:
+    """The row's label, None for an unlabelled row, or an EvalError saying what the task expects."""
+    if value is None or (not isinstance(value, bool) and value == -1):  # GLUE marks hidden test labels -1
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if spec.num_labels == 1:
+        if not number or not math.isfinite(value):
+            raise EvalError(f"{where}: label {value!r} is not a finite number; {spec.name} is scored by regression")
+        return value
+    if number and float(value).is_integer() and 0 <= value < spec.num_labels:
+        return int(value)
+    raise EvalError(f"{where}: label {value!r} is out of range for {spec.name}; expected an integer "
+                    f"0..{spec.num_labels - 1} (-1 marks an unlabelled row)")
+
+
+def _row(spec: TaskSpec, where: str, record: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """{"text_a", "text_b", "label"} of one record, None when it is unlabelled; EvalError for a malformed one."""
+    needed = [c for c in (*spec.columns, "label") if c]
+    missing = [c for c in needed if c not in record or (c != "label" and record[c] is None)]
+    if missing:
+        raise EvalError(f"{where} lacks {', '.join(missing)}; {spec.name} rows need {', '.join(needed)}")
+    for column in filter(None, spec.columns):
+        if not isinstance(record[column], str):
+            raise EvalError(f"{where}: {column} is {json_kind(record[column])}, expected text")
+    label = _label(spec, where, record["label"])
+    if label is None:
+        return None
     a, b = spec.columns
+    return {"text_a": record[a], "text_b": record[b] if b else None, "label": label}
+
+
+def _rows(spec: TaskSpec, records: Iterable[Record], limit: Optional[int]) -> list[dict[str, Any]]:
     rows = []
-    for record in records:
-        if record["label"] is None or record["label"] == -1:  # GLUE marks hidden test labels -1
-            continue
-        rows.append({"text_a": record[a], "text_b": record[b] if b else None, "label": record["label"]})
+    for where, record in records:
+        row = _row(spec, where, record)
+        if row is not None:
+            rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     return rows
 
 
-def _hub_split(spec: TaskSpec, split: str) -> Any:
+def _hub_split(spec: TaskSpec, split: str) -> Iterable[Record]:
     from datasets import load_dataset
 
     try:
-        return load_dataset(HUB_DATASET, spec.name, split=split)
+        dataset = load_dataset(HUB_DATASET, spec.name, split=split)
     except Exception as exc:  # network, auth and missing-config errors all end here for the user
-        raise EvalError(f"could not load {HUB_DATASET}/{spec.name} [{split}] from the hub ({str(exc).splitlines()[0]}); "
+        raise EvalError(f"could not load {HUB_DATASET}/{spec.name} [{split}] from the hub ({one_line(exc)}); "
                         f"use --data-dir with local files or --stand-in offline") from None
+    return numbered(f"{HUB_DATASET}/{spec.name} [{split}]", dataset)
 
 
-def _local_split(spec: TaskSpec, data_dir: str, split: str) -> Any:
-    from datasets import load_dataset
+def _file_records(path: Path) -> Iterable[Record]:
+    ext = path.suffix.lstrip(".")
+    if LOCAL_EXTENSIONS[ext] == "json":
+        return json_records(path)
+    return table_records(path, LOCAL_EXTENSIONS[ext], **({"delimiter": "\t"} if ext == "tsv" else {}))
 
+
+def _local_split(spec: TaskSpec, data_dir: str, split: str) -> Iterable[Record]:
     folder = Path(data_dir) / spec.name
     files = sorted(p for p in folder.glob(f"{split}*") if p.suffix.lstrip(".") in LOCAL_EXTENSIONS
                    and not p.name.startswith(f"{split}_"))  # validation_matched is not `validation`
     if not files:
         raise EvalError(f"no {split} file for {spec.name} under {folder}; expected {folder}/{split}.{{parquet,jsonl,"
                         f"json,csv,tsv}} with columns {', '.join(c for c in spec.columns if c)}, label")
-    ext = files[0].suffix.lstrip(".")
-    kwargs = {"delimiter": "\t"} if ext == "tsv" else {}
-    dataset = load_dataset(LOCAL_EXTENSIONS[ext], data_files=[str(f) for f in files], split="train", **kwargs)
-    missing = [c for c in (*spec.columns, "label") if c and c not in dataset.column_names]
-    if missing:
-        raise EvalError(f"{files[0]} lacks column(s) {', '.join(missing)} (has {', '.join(dataset.column_names)})")
-    return dataset
+    return itertools.chain.from_iterable(_file_records(f) for f in files)
 
 
 def _standin(spec: TaskSpec, limit: Optional[int]) -> TaskData:
@@ -108,7 +141,7 @@ def _standin(spec: TaskSpec, limit: Optional[int]) -> TaskData:
 
     # Built whole, then capped: the builders shuffle each split with their seed, so a capped prefix is neither
     # one article nor one label, and --limit keeps the by-article split intact.
-    splits = STANDINS[spec.name]()
+    splits = {name: numbered(f"{spec.name} stand-in [{name}]", rows) for name, rows in STANDINS[spec.name]().items()}
     return TaskData(_rows(spec, splits["train"], limit), {"validation": _rows(spec, splits["validation"], limit)})
 
 

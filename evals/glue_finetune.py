@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from megaconcept.model.classification import POOLINGS
 
-from .common import encode, load_tokenizer
+from .common import encode, finite_positive_float, load_model, load_tokenizer, positive_int, sequence_length
 from .glue_data import TaskData, TaskSpec
 
 
@@ -28,22 +28,26 @@ class FinetuneConfig:
     """hub | local | stand-in"""
     data_dir: Optional[str] = None
     limit: Optional[int] = None
+    trust_remote_code: bool = False
+    """Whether the model folder's code may run (evals.common.trust_remote_code decides)."""
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         d = FinetuneConfig()
-        p.add_argument("--lr", type=float, default=d.lr)
-        p.add_argument("--epochs", type=float, default=d.epochs)
-        p.add_argument("--batch-size", type=int, default=d.batch_size)
-        p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per example incl. separators")
+        p.add_argument("--lr", type=finite_positive_float, default=d.lr)
+        p.add_argument("--epochs", type=finite_positive_float, default=d.epochs)
+        p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+        p.add_argument("--max-length", type=sequence_length, default=d.max_length,
+                       help="tokens per example incl. separators")
         p.add_argument("--pooling", default=d.pooling, choices=POOLINGS.keys(),
                        help="how concepts become the classifier's input")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "FinetuneConfig":
+    def from_args(cls, args: argparse.Namespace, trust_remote_code: bool) -> "FinetuneConfig":
         source = "stand-in" if args.stand_in else "local" if args.data_dir else "hub"
         return cls(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
-                   pooling=args.pooling, source=source, data_dir=args.data_dir, limit=args.limit)
+                   pooling=args.pooling, source=source, data_dir=args.data_dir, limit=args.limit,
+                   trust_remote_code=trust_remote_code)
 
 
 def _dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, regression: bool) -> Any:
@@ -73,19 +77,20 @@ def finetune(model_dir: Path, init_dir: Path, spec: TaskSpec, data: TaskData, se
              keep: Optional[Path] = None) -> dict[str, tuple[list, list]]:
     """Fine-tune from `init_dir` (the export, or an MNLI-tuned model) -> {dev split: (predictions, labels)}.
     `keep` saves the fine-tuned model (the MNLI starting point for the small tasks)."""
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     from transformers.utils import logging as hf_logging
 
     # The load report lists the fresh head and the unused MLM decoder on every seed; expected, so quiet.
     hf_logging.set_verbosity_error()
     set_seed(seed)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, cfg.trust_remote_code)
     regression = spec.num_labels == 1
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(init_dir), trust_remote_code=True, num_labels=spec.num_labels, classifier_pooling=cfg.pooling,
-        # From an MNLI-tuned model the 3-way output layer is replaced by this task's.
-        ignore_mismatched_sizes=init_dir != model_dir)
+    # An MNLI-tuned start was written by this run from the export's own code: the export's decision holds.
+    model = load_model("AutoModelForSequenceClassification", init_dir, cfg.trust_remote_code,
+                       num_labels=spec.num_labels, classifier_pooling=cfg.pooling,
+                       # From an MNLI-tuned model the 3-way output layer is replaced by this task's.
+                       ignore_mismatched_sizes=init_dir != model_dir)
     train = _dataset(tokenizer, data.train, cfg.max_length, regression)
     steps = -(-len(train) // cfg.batch_size)
     with tempfile.TemporaryDirectory(prefix="megaconcept-glue-") as work:

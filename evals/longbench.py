@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import metrics
-from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, encode, fmt,
-                     load_tokenizer, parse_list, results_dir, run_header, standin_notes)
+from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, check_weights, encode, fmt,
+                     load_model, load_tokenizer, parse_list, results_dir, run_header, sequence_length, standin_notes,
+                     trust_remote_code)
 from .longbench_data import LETTERS, NO_STANDIN, task_rows
 
 TASKS = ("passage_retrieval_en", "trec", "lsht", "longbench_v2")
@@ -97,12 +98,11 @@ class Encoder:
         return torch.stack([self.cache[t] for t in texts])
 
 
-def load_encoder(model_dir: Path, tokenizer: Any, max_length: int) -> Encoder:
+def load_encoder(model_dir: Path, tokenizer: Any, max_length: int, trust: bool) -> Encoder:
     import torch
-    from transformers import AutoModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True).to(device).eval()
+    model = load_model("AutoModel", model_dir, trust).to(device).eval()
     return Encoder(model, tokenizer, device, max_length)
 
 
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_arguments(p, "longbench", "DIR/<task>.jsonl (LongBench's data.zip) and DIR/longbench_v2.json "
                          "or .jsonl (the v2 data.json)", "cap the rows scored per task")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated from {','.join(TASKS)} (default: all)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per encoded text or pair")
+    p.add_argument("--max-length", type=sequence_length, default=512, help="tokens per encoded text or pair")
     return p
 
 
@@ -231,18 +231,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model_dir = check_model_dir(args.model)
+        check_weights(model_dir)
         tasks = parse_list(args.tasks, list(TASKS), "LongBench task (scored here)")
         check_length(model_dir, args.max_length, "mean")
         skipped = {t: f"no stand-in: {NO_STANDIN[t]}" for t in tasks if args.stand_in and t in NO_STANDIN}
         tasks = [t for t in tasks if t not in skipped]
         if not tasks:
             raise EvalError(f"nothing to score: {', '.join(skipped)} has no stand-in; drop --stand-in or add tasks")
-        tokenizer = load_tokenizer(model_dir)
+        trust = trust_remote_code(model_dir, args.trust_remote_code)
+        tokenizer = load_tokenizer(model_dir, trust)
         rows = {task: task_rows(task, args, tokenizer) for task in tasks}  # every row checked before scoring
         empty = [task for task, r in rows.items() if not r]
         if empty:
             raise EvalError(f"no rows to score for {', '.join(empty)}")
-        enc = load_encoder(model_dir, tokenizer, args.max_length)
+        enc = load_encoder(model_dir, tokenizer, args.max_length, trust)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

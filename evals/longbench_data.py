@@ -13,16 +13,19 @@ Sources per task:
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import re
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from . import standin_sources, standins
-from .common import EvalError
+from .common import EvalError, json_kind, one_line
+from .data_files import Record, json_records, numbered
 
 HUB_V1, HUB_V2 = "THUDM/LongBench", "THUDM/LongBench-v2"
 LETTERS = "ABCD"
+CHOICES = tuple(f"choice_{x}" for x in LETTERS)  # v2's own files spell the options out one field each
 # Few-shot classification: (text marker, label marker) of the context's examples, as LongBench lays them out.
 FEWSHOT_MARKERS = {"trec": ("Question", "Type"), "lsht": ("新闻", "类别")}
 V2_FILES = ("longbench_v2.json", "longbench_v2.jsonl")
@@ -84,102 +87,111 @@ def _name(task: str, position: int, record: dict[str, Any]) -> str:
     return f"{task} row {position}" + (f" (_id {record['_id']})" if record.get("_id") else "")
 
 
-def _require(task: str, position: int, record: dict[str, Any], keys: tuple[str, ...]) -> None:
-    missing = [k for k in keys if record.get(k) in (None, "", [])]
+def _require(task: str, position: int, record: dict[str, Any], where: str, text: tuple[str, ...],
+             lists: tuple[str, ...] = ()) -> None:
+    """Every field in `text` a non-empty string, every field in `lists` a non-empty list of strings."""
+    name = _name(task, position, record)
+    missing = [k for k in (*text, *lists) if record.get(k) in (None, "", [])]
     if missing:
-        raise EvalError(f"{_name(task, position, record)} lacks {', '.join(missing)}")
+        raise EvalError(f"{name} lacks {', '.join(missing)} ({where})")
+    for key in text:
+        if not isinstance(record[key], str):
+            raise EvalError(f"{name}: {key} is {json_kind(record[key])}, expected text ({where})")
+    for key in lists:
+        if not isinstance(record[key], list) or not all(isinstance(v, str) for v in record[key]):
+            raise EvalError(f"{name}: {key} is {json_kind(record[key])}, expected a list of strings ({where})")
 
 
-def passage_row(record: dict[str, Any], position: int) -> Row:
+def passage_row(record: dict[str, Any], position: int, where: str) -> Row:
     """{"input", "paragraphs", "answer"}; stand-in records carry their paragraphs already."""
-    _require("passage_retrieval_en", position, record, ("input", "context", "answers"))
+    _require("passage_retrieval_en", position, record, where, ("input", "context"), ("answers",))
     try:
         paragraphs = record.get("paragraphs") or split_paragraphs(record["context"])
     except ValueError as exc:
-        raise EvalError(f"{_name('passage_retrieval_en', position, record)}: {exc}") from None
+        raise EvalError(f"{_name('passage_retrieval_en', position, record)}: {exc} ({where})") from None
     return {"input": record["input"], "paragraphs": paragraphs, "answer": record["answers"][0]}
 
 
-def fewshot_row(task: str, record: dict[str, Any], position: int) -> Row:
+def fewshot_row(task: str, record: dict[str, Any], position: int, where: str) -> Row:
     """{"input", "examples": [(text, label), ...], "answers", "all_classes"} from a LongBench trec/lsht row."""
-    _require(task, position, record, ("input", "context", "answers", "all_classes"))
+    _require(task, position, record, where, ("input", "context"), ("answers", "all_classes"))
     text_key, label_key = FEWSHOT_MARKERS[task]
     try:
         examples = parse_examples(record["context"], text_key, label_key)
     except ValueError as exc:
-        raise EvalError(f"{_name(task, position, record)}: cannot parse its context ({exc}); expected "
+        raise EvalError(f"{_name(task, position, record)}: cannot parse its context in {where} ({exc}); expected "
                         f"'{text_key}: ...' / '{label_key}: ...' example lines") from None
     query = strip_query(record["input"], text_key, label_key)
     if not query:
-        raise EvalError(f"{_name(task, position, record)}: the input is empty once its markers are removed")
+        raise EvalError(f"{_name(task, position, record)}: the input is empty once its markers are removed ({where})")
     return {"input": query, "examples": examples, "answers": list(record["answers"]),
             "all_classes": list(record["all_classes"])}
 
 
-def v2_row(record: dict[str, Any], position: int) -> Row:
+def v2_row(record: dict[str, Any], position: int, where: str) -> Row:
     """{"question", "context", "options", "answer", "difficulty", "length"} from a v2 (or stand-in) row."""
     task = "longbench_v2"
-    keys = ("question", "context", "answer") + (("options",) if "options" in record else
-                                                 tuple(f"choice_{x}" for x in LETTERS))
-    _require(task, position, record, keys)
-    options = list(record["options"]) if "options" in record else [record[f"choice_{x}"] for x in LETTERS]
-    answer = str(record["answer"]).strip().upper()
+    listed = "options" in record
+    _require(task, position, record, where, ("question", "context") + (() if listed else CHOICES),
+             ("options",) if listed else ())
+    options = list(record["options"]) if listed else [record[key] for key in CHOICES]
+    if not 2 <= len(options) <= len(LETTERS):
+        raise EvalError(f"{_name(task, position, record)} has {len(options)} options, expected 2 to {len(LETTERS)} "
+                        f"({where})")
+    answer = str(record.get("answer")).strip().upper()
     if answer not in LETTERS[:len(options)]:
-        raise EvalError(f"{_name(task, position, record)}: answer {record['answer']!r} is not one of "
-                        f"{', '.join(LETTERS[:len(options)])}")
-    return {"question": record["question"], "context": record["context"], "options": [str(o) for o in options],
+        raise EvalError(f"{_name(task, position, record)}: answer {record.get('answer')!r} is not one of "
+                        f"{', '.join(LETTERS[:len(options)])} ({where})")
+    return {"question": record["question"], "context": record["context"], "options": options,
             "answer": answer, "difficulty": record.get("difficulty"), "length": record.get("length")}
 
 
-def _local_records(task: str, data_dir: str) -> Any:
-    from datasets import load_dataset
-
+def _local_records(task: str, data_dir: str) -> Iterable[Record]:
     names = V2_FILES if task == "longbench_v2" else (f"{task}.jsonl",)
     path = next((Path(data_dir) / n for n in names if (Path(data_dir) / n).is_file()), None)
     if path is None:
         raise EvalError(f"{Path(data_dir) / names[0]} not found; expected LongBench's {' or '.join(names)} "
                         f"(or leave {task} out with --tasks)")
-    return load_dataset("json", data_files=str(path), split="train")
+    return json_records(path)
 
 
-def _hub_records(task: str) -> Any:
+def _hub_records(task: str) -> Iterable[Record]:
     from datasets import load_dataset
 
     hub, config, split = (HUB_V2, None, "train") if task == "longbench_v2" else (HUB_V1, task, "test")
     try:
-        return load_dataset(hub, config, split=split)
+        dataset = load_dataset(hub, config, split=split)
     except Exception as exc:  # network / auth / loader errors: one line
-        raise EvalError(f"could not load {hub}{'/' + config if config else ''} ({str(exc).splitlines()[0]}); "
+        raise EvalError(f"could not load {hub}{'/' + config if config else ''} ({one_line(exc)}); "
                         f"use --data-dir with LongBench's files (the v1 repo's data.zip holds <task>.jsonl) "
                         f"or --stand-in") from None
+    return numbered(f"{hub}{'/' + config if config else ''} [{split}]", dataset)
 
 
 def _standin_records(task: str, limit: Optional[int], max_length: int, tokenizer: Any) -> list[dict[str, Any]]:
-    try:
-        if task == "trec":
-            return fewshot_standin(limit=limit, tokenizer=tokenizer)["validation"]
-        if task == "passage_retrieval_en":
-            return standins.long_standin("passage_retrieval", limit=limit, target_tokens=STANDIN_CONTEXT_TOKENS,
-                                         tokenizer=tokenizer)["validation"]
-        return standins.long_standin("multiple_choice", limit=limit, target_tokens=max_length,
+    # A missing or damaged asset is already an EvalError saying how to reinstall it (evals/standin_sources.py).
+    if task == "trec":
+        return fewshot_standin(limit=limit, tokenizer=tokenizer)["validation"]
+    if task == "passage_retrieval_en":
+        return standins.long_standin("passage_retrieval", limit=limit, target_tokens=STANDIN_CONTEXT_TOKENS,
                                      tokenizer=tokenizer)["validation"]
-    except ValueError as exc:  # the assets are missing: the message says how to install them
-        raise EvalError(str(exc)) from None
+    return standins.long_standin("multiple_choice", limit=limit, target_tokens=max_length,
+                                 tokenizer=tokenizer)["validation"]
 
 
 def task_rows(task: str, args: argparse.Namespace, tokenizer: Any) -> list[Row]:
     """The rows of one task from the source the arguments name, capped at --limit, in protocol form."""
     if args.stand_in:
-        records: Any = _standin_records(task, args.limit, args.max_length, tokenizer)
+        records: Iterable[Record] = numbered(f"{task} stand-in", _standin_records(task, args.limit, args.max_length,
+                                                                                  tokenizer))
     else:
         records = _local_records(task, args.data_dir) if args.data_dir else _hub_records(task)
-        if args.limit:
-            records = records.select(range(min(args.limit, len(records))))
+    records = itertools.islice(records, args.limit)  # None: all of them
     if task in FEWSHOT_MARKERS:
-        return [fewshot_row(task, r, i) for i, r in enumerate(records)]
+        return [fewshot_row(task, r, i, where) for i, (where, r) in enumerate(records)]
     if task == "longbench_v2":
-        return [v2_row(r, i) for i, r in enumerate(records)]
-    return [passage_row(r, i) for i, r in enumerate(records)]
+        return [v2_row(r, i, where) for i, (where, r) in enumerate(records)]
+    return [passage_row(r, i, where) for i, (where, r) in enumerate(records)]
 
 
 # ------------------------------------------------------------------------- trec-shaped stand-in

