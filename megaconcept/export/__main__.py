@@ -18,9 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="checkpoint tag dir (…/checkpoints/step_XXXXXXXX), or a run dir / "
                                            "checkpoints dir (its `latest` checkpoint is used)")
-    parser.add_argument("out_dir", help="output folder (created; must be empty unless --overwrite)")
+    parser.add_argument("out_dir", help="output folder (created; must be empty, or a previous export with "
+                                        "--overwrite; never a run, checkpoint or shard dir, nor inside one)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype to save (default fp32)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT_DIR when it holds a previous export (recognised by its megaconcept_export.json)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repo (user/name)")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private (with --push-to-hub)")
     return parser

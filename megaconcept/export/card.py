@@ -1,6 +1,8 @@
 """The model card (README.md) of an exported folder: architecture, training counters, data, usage."""
 from __future__ import annotations
 
+import os
+from pathlib import PurePath
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -9,6 +11,14 @@ from ..model import ConceptModelConfig
 
 # The default `data.shards` of the embedded demo recipe (megaconcept/config/schema.py).
 DEMO_SHARDS = "data/shards/demo"
+
+
+def public_path(text: str) -> str:
+    """A path as it may appear in a pushed folder: an absolute (or ~) local path keeps only its final
+    component, `<local>/name`; relative paths and hub ids are kept as given."""
+    if not os.path.isabs(os.path.expanduser(text)):
+        return text
+    return f"<local>/{PurePath(text).name}"
 
 
 def _architecture_rows(cfg: ConceptModelConfig, num_params: int) -> str:
@@ -29,7 +39,7 @@ def _architecture_rows(cfg: ConceptModelConfig, num_params: int) -> str:
 
 def _data_text(run_config: dict[str, Any]) -> str:
     shards = str(run_config.get("data", {}).get("shards", "unknown"))
-    text = f"Trained on the token shards at `{shards}` (written by `python -m data_prep.shard`)."
+    text = f"Trained on the token shards at `{public_path(shards)}` (written by `python -m data_prep.shard`)."
     if shards.rstrip("/").endswith(DEMO_SHARDS):
         return text + (" These are megaconcept's embedded demo corpus: Wikipedia paragraphs derived at run time "
                        "from the HotpotQA dev set (CC BY-SA 4.0, Yang et al., 2018); the weights carry that "
@@ -61,7 +71,8 @@ def model_card(
     run_config: dict[str, Any],
     repo_or_dir: str,
 ) -> ModelCard:
-    """A model card for this export; `repo_or_dir` is what the usage snippet loads from."""
+    """A model card for this export; `repo_or_dir` (a hub repo or the folder's name, never a local path: the
+    card is pushed) is what the usage snippet loads from."""
     data = ModelCardData(license="apache-2.0", library_name="transformers", pipeline_tag="fill-mask",
                          tags=["megaconcept", "concept-encoder", "masked-lm", "custom_code"])
     step, tokens = trainer_state.get("step", 0), trainer_state.get("tokens_seen", 0)

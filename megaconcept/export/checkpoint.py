@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint_format import COMPLETE, CONFIG, LATEST, PIPELINE_LAYERS, TOKENIZER, TRAINER_STATE, read_layout
+from ..checkpoint_format import (COMPLETE, CONFIG, LATEST, PIPELINE_LAYERS, TOKENIZER, TRAINER_STATE,
+                                 DamagedCheckpoint, read_layout, verify_checkpoint)
 
 EXPECTED = (
     "expected a checkpoint tag dir (step_XXXXXXXX/ holding COMPLETE, config.yaml, tokenizer/ and DeepSpeed "
@@ -60,17 +61,36 @@ def resolve_tag_dir(path: str) -> Path:
     return root
 
 
+def _complete_record(tag_dir: Path) -> dict[str, Any]:
+    """The COMPLETE record, after checking every file against the sizes and digests it lists: weights are read
+    only from a checkpoint that is byte for byte what the trainer wrote."""
+    try:
+        record = json.loads((tag_dir / COMPLETE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{tag_dir / COMPLETE} is unreadable ({exc}); the checkpoint is damaged") from None
+    if not isinstance(record, dict):
+        raise ExportError(f"{tag_dir / COMPLETE} holds no layout record; the checkpoint is damaged")
+    try:
+        verify_checkpoint(tag_dir, record)
+    except DamagedCheckpoint as exc:
+        raise ExportError(f"{exc}; export another checkpoint") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(f"{tag_dir / COMPLETE}: malformed `files` record ({exc!r}); the checkpoint is damaged") from None
+    return record
+
+
 def read_checkpoint_info(tag_dir: Path) -> CheckpointInfo:
     """Check the non-weight files of a tag dir and parse them."""
     if not (tag_dir / COMPLETE).is_file():
         if not any(tag_dir.glob("*model_states.pt")):
             raise ExportError(f"{tag_dir} is not a megaconcept checkpoint; {EXPECTED}")
         raise ExportError(f"{tag_dir} has no {COMPLETE} marker: its save did not finish; export an earlier checkpoint")
+    record = _complete_record(tag_dir)
     missing = [name for name in (CONFIG, TRAINER_STATE, TOKENIZER) if not (tag_dir / name).exists()]
     if missing:
         raise ExportError(f"{tag_dir} lacks {', '.join(missing)}; {EXPECTED}")
     try:
-        layout = read_layout(json.loads((tag_dir / COMPLETE).read_text()))
+        layout = read_layout(record)
         world_size, tensor, data, pipeline = layout["world_size"], layout["tensor"], layout["data"], layout["pipeline"]
         run_config = yaml.safe_load((tag_dir / CONFIG).read_text()) or {}
         trainer_state = json.loads((tag_dir / TRAINER_STATE).read_text())

@@ -30,12 +30,48 @@ _ORIG_MOD = re.compile(r"(?:^|(?<=\.))_orig_mod\.")
 _UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError)
 
 
+def _optimizer_globals() -> list[type]:
+    """The only non-tensor classes DeepSpeed pickles into *_optim_states.pt (found by loading the ZeRO-1/3
+    checkpoints of tests/parity/_make_checkpoint.py, DeepSpeed 0.19): the loss scaler (an attribute holder,
+    saved in fp32 and bf16 runs too), the ZeRO stage enum, and ZeRO-1/2's and bf16's parameter slice maps.
+    Model and pipeline-layer files hold only tensors, containers and numbers, which weights_only allows."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
 def _load(path: Path) -> dict[str, Any]:
+    """torch.load that unpickles nothing but tensors and DeepSpeed's bookkeeping: any other pickled object in a
+    checkpoint file could run code on load."""
+    allowed = _optimizer_globals() if path.name.endswith("optim_states.pt") else []
     try:
-        # DeepSpeed model files pickle configs and counters next to tensors; these are the user's own files.
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ExportError(_refusal(path, allowed)) from None
     except _UNREADABLE as exc:
         raise ExportError(f"{path} cannot be read ({_first_line(exc)}); the checkpoint is damaged") from None
+
+
+def _refusal(path: Path, allowed: list[type]) -> str:
+    """Why weights_only refused `path`, naming the pickled globals it would have had to import."""
+    try:
+        found = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except _UNREADABLE:
+        found = set()
+    names = sorted(found - {f"{c.__module__}.{c.__qualname__}" for c in allowed})
+    return (f"{path} pickles {', '.join(names) or 'objects other than tensors'}, which unpickling would run; "
+            f"refused (a checkpoint may hold only tensors and DeepSpeed's bookkeeping): export a checkpoint "
+            f"written by megaconcept's trainer")
+
+
+def check_pickles(tag_dir: Path) -> None:
+    """Open every DeepSpeed file with `_load` before zero_to_fp32 reads it: DeepSpeed's own loader unpickles
+    with weights_only=False, so this is what keeps a tampered file from running code during an export."""
+    for path in sorted(tag_dir.glob("*_states.pt")):
+        _load(path)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -194,6 +230,7 @@ def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     stage = zero_stage(info.tag_dir)
     # A pipeline's stages save as further model-parallel ranks next to the tensor-parallel ones.
     check_rank_files(info.tag_dir, stage, info.data, info.tensor * info.pipeline)
+    check_pickles(info.tag_dir)
     print(f"consolidating ZeRO-{stage} checkpoint {info.tag_dir} (tensor {info.tensor} x pipeline {info.pipeline} "
           f"x data {info.data})", flush=True)
     if info.pipeline > 1:
@@ -223,6 +260,16 @@ def drop_vocab_padding(weights: dict[str, torch.Tensor], info: CheckpointInfo) -
     with torch.device("meta"):
         names = vocabulary_parameters(ConceptMLM(_model_config(info)))
     return {k: (v[:rows] if k in names and v.shape[0] > rows else v) for k, v in weights.items()}
+
+
+def check_finite(weights: dict[str, torch.Tensor]) -> None:
+    """A diverged run's NaN/Inf weights would export and load fine and fail only in use: refuse them."""
+    bad = {name: n for name, t in weights.items() if (n := t.numel() - int(torch.isfinite(t).sum()))}
+    if bad:
+        name, count = next(iter(bad.items()))
+        raise ExportError(f"consolidated weight {name} holds {count:,} NaN/Inf of {weights[name].numel():,} values "
+                          f"({len(bad)} of {len(weights)} parameters are non-finite); the run diverged before this "
+                          f"checkpoint: export an earlier one")
 
 
 def model_config_for(info: CheckpointInfo, weights: dict[str, torch.Tensor]) -> ConceptModelConfig:

@@ -5,6 +5,7 @@ The folder loads with `AutoModelForMaskedLM.from_pretrained(dir, trust_remote_co
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .. import model as model_package
 from ..model import ConceptModelConfig
 from ..model.hf_configuration import MegaconceptConfig
 from ..model.hf_modeling import MegaconceptForMaskedLM
+from .card import public_path
 from .checkpoint import CheckpointInfo, ExportError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -28,9 +30,18 @@ AUTO_MAP = {
 }
 
 
+def _public_config(cfg: ConceptModelConfig) -> ConceptModelConfig:
+    """config.json is pushed with the weights: a warm-start source given as a local path keeps only its name
+    (it is provenance; loading never reads it, the weights are in the folder)."""
+    backbone = cfg.backbone
+    if backbone is None or not backbone.init_from:
+        return cfg
+    return dataclasses.replace(cfg, backbone=dataclasses.replace(backbone, init_from=public_path(backbone.init_from)))
+
+
 def build_hf_model(cfg: ConceptModelConfig, weights: dict[str, torch.Tensor], dtype: str) -> MegaconceptForMaskedLM:
     """The HF model holding exactly `weights` (same keys as the native model, so a strict load)."""
-    config = MegaconceptConfig.from_model_config(cfg, auto_map=dict(AUTO_MAP))
+    config = MegaconceptConfig.from_model_config(_public_config(cfg), auto_map=dict(AUTO_MAP))
     with torch.device("meta"):  # the weights are assigned below; random init would only cost time
         model = MegaconceptForMaskedLM(config)
     model.load_state_dict(weights, strict=True, assign=True)

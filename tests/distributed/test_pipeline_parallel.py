@@ -7,6 +7,8 @@ import sys
 
 from safetensors.torch import load_file
 
+from megaconcept.checkpoint_format import read_layout
+
 from _launch import env, losses, run, torchrun_cmd
 from test_tensor_parallel import EXACT, STEPS, _close
 
@@ -32,13 +34,14 @@ def test_pp2_matches_pp1_and_exports_the_same_model(tmp_path, tiny_shards):
     run(torchrun_cmd(2, ZERO1, common + [f"run_dir={tmp_path / 'pp2'}", "parallel.pipeline=2"]))
     _close(losses(tmp_path / "pp1"), losses(tmp_path / "pp2"))
     complete = json.loads((tmp_path / "pp2" / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE").read_text())
-    assert complete == {"world_size": 2, "tensor": 1, "pipeline": 2, "data": 1}
+    assert read_layout(complete) == {"world_size": 2, "tensor": 1, "pipeline": 2, "data": 1}
+    assert "layer_03-model_00-model_states.pt" in complete["files"]  # every stage's files are in the record
     _same_weights(_export(tmp_path / "pp1", tmp_path / "pp1_hf"), _export(tmp_path / "pp2", tmp_path / "pp2_hf"))
     # A stage file gone: the export names it instead of writing a model with random layers.
     (tmp_path / "pp2" / "checkpoints" / f"step_{STEPS:08d}" / "layer_03-model_00-model_states.pt").unlink()
     proc = subprocess.run([sys.executable, "-m", "megaconcept.export", str(tmp_path / "pp2"), str(tmp_path / "bad")],
                           env=env(), capture_output=True, text=True)
-    assert proc.returncode != 0 and "lacks layer_03-model_00-model_states.pt" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode != 0 and "layer_03-model_00-model_states.pt is missing" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "bad").exists()
 
 

@@ -190,15 +190,18 @@ def test_incomplete_checkpoint_refused(checkpoints: Path, tmp_path: Path, capsys
     assert "COMPLETE" in _error_line(capsys)
 
 
-def test_non_empty_out_dir_refused_unless_overwrite(checkpoints: Path, tmp_path: Path, capsys) -> None:
+def test_non_empty_out_dir_that_is_not_an_export_refused(checkpoints: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     assert cli.main([str(checkpoints / "zero3"), str(out)]) == 2
     assert "--overwrite" in _error_line(capsys)
     assert (out / "keep.txt").read_text() == "user data"
-    assert cli.main([str(checkpoints / "zero3"), str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    # A folder the export did not write (no megaconcept_export.json) is never replaced, even with --overwrite
+    # (tests/faults/test_export_safety.py covers replacing a previous export).
+    assert cli.main([str(checkpoints / "zero3"), str(out), "--overwrite"]) == 2
+    assert "megaconcept_export.json" in _error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 
