@@ -141,3 +141,50 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class UnsafeCheckpointFile(ValueError):
+    """A checkpoint file that pickles more than tensors and DeepSpeed's bookkeeping (loading it could run code)."""
+
+
+def _deepspeed_globals(path: Path) -> list[type]:
+    """The only non-tensor classes DeepSpeed pickles into *_optim_states.pt (found by loading ZeRO-1/3 checkpoints,
+    DeepSpeed 0.19): the loss scaler (an attribute holder, saved in fp32 and bf16 runs too), the ZeRO stage enum,
+    and ZeRO-1/2's and bf16's parameter slice maps. Model and pipeline-layer files hold only tensors, containers
+    and numbers, which weights_only allows."""
+    if not path.name.endswith("optim_states.pt"):
+        return []
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_deepspeed_file(path: Path) -> Any:
+    """torch.load of a DeepSpeed checkpoint file that unpickles nothing but tensors and DeepSpeed's bookkeeping.
+    DeepSpeed's own loaders unpickle with weights_only=False; opening each file through this first (export and
+    resume do) keeps a tampered file from running code. Raises UnsafeCheckpointFile naming what it pickles."""
+    import pickle
+
+    import torch
+
+    allowed = _deepspeed_globals(path)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            found = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError):
+            found = set()
+        names = sorted(found - {f"{c.__module__}.{c.__qualname__}" for c in allowed})
+        raise UnsafeCheckpointFile(
+            f"{path} pickles {', '.join(names) or 'objects other than tensors'}, which unpickling would run; "
+            "refused (a checkpoint may hold only tensors and DeepSpeed's bookkeeping): use a checkpoint written "
+            "by megaconcept's trainer") from None
+
+
+def deepspeed_files(tag_dir: Path) -> list[Path]:
+    """The DeepSpeed state files of a tag dir (model, optimizer, pipeline layers), in a fixed order."""
+    return sorted(tag_dir.glob("*_states.pt"))

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from ..model import ConceptMLM, ConceptModelConfig
-from ..checkpoint_format import PIPELINE_LAYERS, split_trained_names
+from ..checkpoint_format import (PIPELINE_LAYERS, UnsafeCheckpointFile, deepspeed_files, load_deepspeed_file,
+                                 split_trained_names)
 from ..model.sharding import tensor_parallel_plan, vocabulary_parameters
 from .checkpoint import CheckpointInfo, ExportError
 
@@ -30,47 +31,20 @@ _ORIG_MOD = re.compile(r"(?:^|(?<=\.))_orig_mod\.")
 _UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError)
 
 
-def _optimizer_globals() -> list[type]:
-    """The only non-tensor classes DeepSpeed pickles into *_optim_states.pt (found by loading the ZeRO-1/3
-    checkpoints of tests/parity/_make_checkpoint.py, DeepSpeed 0.19): the loss scaler (an attribute holder,
-    saved in fp32 and bf16 runs too), the ZeRO stage enum, and ZeRO-1/2's and bf16's parameter slice maps.
-    Model and pipeline-layer files hold only tensors, containers and numbers, which weights_only allows."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
 def _load(path: Path) -> dict[str, Any]:
-    """torch.load that unpickles nothing but tensors and DeepSpeed's bookkeeping: any other pickled object in a
-    checkpoint file could run code on load."""
-    allowed = _optimizer_globals() if path.name.endswith("optim_states.pt") else []
+    """A DeepSpeed checkpoint file, unpickling nothing but tensors and DeepSpeed's bookkeeping."""
     try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ExportError(_refusal(path, allowed)) from None
+        return load_deepspeed_file(path)
+    except UnsafeCheckpointFile as exc:
+        raise ExportError(str(exc)) from None
     except _UNREADABLE as exc:
         raise ExportError(f"{path} cannot be read ({_first_line(exc)}); the checkpoint is damaged") from None
-
-
-def _refusal(path: Path, allowed: list[type]) -> str:
-    """Why weights_only refused `path`, naming the pickled globals it would have had to import."""
-    try:
-        found = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except _UNREADABLE:
-        found = set()
-    names = sorted(found - {f"{c.__module__}.{c.__qualname__}" for c in allowed})
-    return (f"{path} pickles {', '.join(names) or 'objects other than tensors'}, which unpickling would run; "
-            f"refused (a checkpoint may hold only tensors and DeepSpeed's bookkeeping): export a checkpoint "
-            f"written by megaconcept's trainer")
 
 
 def check_pickles(tag_dir: Path) -> None:
     """Open every DeepSpeed file with `_load` before zero_to_fp32 reads it: DeepSpeed's own loader unpickles
     with weights_only=False, so this is what keeps a tampered file from running code during an export."""
-    for path in sorted(tag_dir.glob("*_states.pt")):
+    for path in deepspeed_files(tag_dir):
         _load(path)
 
 

@@ -220,6 +220,23 @@ class Checkpointer:
             return None
         return resume_kind(path, json.loads((path / COMPLETE).read_text()), layout_record(self.ctx))
 
+    def _check_pickles(self, path: Path) -> None:
+        """Open this rank's share of the DeepSpeed files safely before DeepSpeed unpickles them all with
+        weights_only=False (its loader): a file pickling anything but tensors and bookkeeping is refused."""
+        index, count = self._share()
+        problem = None
+        for file in fmt.deepspeed_files(path)[index::count]:
+            try:
+                fmt.load_deepspeed_file(file)
+            except fmt.UnsafeCheckpointFile as exc:
+                problem = str(exc)
+                break
+            except (RuntimeError, EOFError, OSError, ValueError, KeyError):
+                continue  # unreadable, not unsafe: DeepSpeed's load names it
+        problem = all_ranks_agree(problem)
+        if problem is not None:
+            raise CheckpointError(problem)
+
     def _share(self) -> tuple[int, int]:
         """(this rank, ranks) sharing the hashing of a checkpoint's files; all of them without process groups."""
         if torch.distributed.is_initialized():
@@ -243,6 +260,7 @@ class Checkpointer:
                 load_root.mkdir(exist_ok=True)
                 _universal_copy(path, load_root / path.name)
             barrier()
+        self._check_pickles(path)
         load_path, _ = engine.load_checkpoint(str(load_root), tag=path.name)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {path}; the checkpoint is damaged")

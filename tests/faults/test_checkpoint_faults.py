@@ -131,6 +131,24 @@ def test_rank_files_load_without_unpickling_code(tmp_path):
         load_rank_file(evil)
 
 
+def test_a_checkpoint_file_pickling_code_is_refused_before_deepspeed_loads_it(saved, tmp_path):
+    from megaconcept.checkpoint_format import file_digests
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.mkdir, (tmp_path / "code_ran",))
+
+    root, _ = saved
+    tag = root / "step_00000020"
+    torch.save({"module": {}, "extra": Payload()}, tag / "mp_rank_00_model_states.pt")
+    record = json.loads((tag / "COMPLETE").read_text())
+    (tag / "COMPLETE").write_text(json.dumps({**record, "files": file_digests(tag)}))  # digests match the file
+    engine = FakeEngine()
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt pickles .*pathlib") as err:
+        Checkpointer(str(root.parent), 3, CTX).load(engine)
+    assert engine.loaded is None and not (tmp_path / "code_ran").exists() and "\n" not in str(err.value)
+
+
 def test_resuming_another_model_shape_is_a_one_line_diff(saved):
     root, _ = saved
     (root / "step_00000020" / "config.yaml").write_text("model:\n  num_concepts: 32\n  concept_dim: 256\n"
