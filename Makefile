@@ -46,17 +46,11 @@ demo: export
 	# Ends with a score: QNLI-style stand-in pairs (derived offline from SQuAD v2) vs the majority class.
 	$(PY) -m evals.glue --model $(EXPORT_DIR) --stand-in --tasks qnli --limit 2000 --seeds 1 --epochs 2 --out $(RUN_DIR)/eval_standin
 
-# The four decoders x {bert, span} masking on the embedded corpus: same data, steps and seed; a table and
-# runs/decoders_x_masking.png (MLM loss, held-out loss, concept effective rank). About 10 minutes on 1 CPU core.
-SBS_DECODERS := perceiver_posonly perceiver_mlm weighted sim_matrix
+# The four decoders x {bert, span} masking on the embedded corpus: same data, steps and seed. Resumable (re-run
+# to continue); runs/sweeps/decoders_x_masking/ gets summary.md, summary.json and plots.png (MLM loss, held-out
+# loss, concept effective rank). About 10 minutes on 1 CPU core.
 side-by-side: data
-	for d in $(SBS_DECODERS); do for m in bert span; do \
-	  OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node 1 launchers/pretrain.py \
-	    --ds_config ds_configs/zero3.json run_dir=runs/sbs_$${d}_$${m} data.shards=$(SHARDS) train.max_steps=150 \
-	    train.micro_batch_size=8 train.log_interval=10 analysis.interval=50 analysis.samples=64 \
-	    model.decoder=$$d objective.masking.strategy=$$m || exit 1; done; done
-	$(PY) -m launchers.compare_runs $(foreach d,$(SBS_DECODERS),runs/sbs_$(d)_bert runs/sbs_$(d)_span) --every 50 \
-	  --plot runs/decoders_x_masking.png
+	$(PY) -m launchers.sweep launchers/configs/sweeps/decoders_x_masking.yaml
 
 test: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15

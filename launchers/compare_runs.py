@@ -13,13 +13,16 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 DEFAULT_METRICS = ("loss", "heldout_loss", "concepts/effective_rank")
 
 
 def read_metrics(run_dir: Path) -> dict[int, dict]:
-    """``{step: record}`` with every logged key of that step merged (training and analysis lines)."""
+    """``{step: record}`` with every logged key of that step merged (training and analysis lines).
+
+    Warning records (an ``event`` key: skipped_step, loss_spike) are left out: they repeat the step's loss as
+    the guard saw it (None for a skipped step), which would overwrite the logged mean of that step."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{path} not found: pass a run directory written by launchers/pretrain.py")
@@ -35,29 +38,38 @@ def read_metrics(run_dir: Path) -> dict[int, dict]:
             if number == len(lines) and not text.endswith("\n"):
                 continue  # a live run is writing this line right now
             raise ValueError(f"{path}:{number} is not JSON; the file is damaged (remove that line)") from None
+        if "event" in record:
+            continue
         by_step.setdefault(int(record["step"]), {}).update(record)
     return by_step
+
+
+def metric_series(runs: dict[str, dict[int, dict]], metric: str, every: int = 1, from_step: int = 0
+                  ) -> Optional[dict[str, Any]]:
+    """The data of one metric's table: ``{"steps": [...], "values": {run: [...]}, "mean": {run: float}}`` over
+    the steps every run logged it at, or None when they share none."""
+    logged = ({s for s, r in rec.items() if r.get(metric) is not None} for rec in runs.values())
+    steps = [s for s in sorted(set.intersection(*logged)) if s >= from_step and s % every == 0]
+    if not steps:
+        return None
+    values = {name: [float(rec[s][metric]) for s in steps] for name, rec in runs.items()}
+    return {"steps": steps, "values": values, "mean": {n: math.fsum(v) / len(v) for n, v in values.items()}}
 
 
 def metric_table(runs: dict[str, dict[int, dict]], metric: str, every: int = 1, from_step: int = 0
                  ) -> Optional[list[str]]:
     """Text lines of one metric's table, or None when the runs share no step that logged it."""
-    steps = sorted(set.intersection(*({s for s, r in rec.items() if metric in r} for rec in runs.values())))
-    steps = [s for s in steps if s >= from_step and s % every == 0]
-    if not steps:
+    series = metric_series(runs, metric, every, from_step)
+    if series is None:
         return None
     names = list(runs)
     pair = len(names) == 2
     width = max(12, *(len(n) for n in names))
     header = f"{'step':>7} " + " ".join(f"{n:>{width}}" for n in names) + (f" {'diff':>9}" if pair else "")
     lines = [f"== {metric}", header]
-    columns: list[list[float]] = [[] for _ in names]
-    for step in steps:
-        values = [float(runs[n][step][metric]) for n in names]
-        for column, value in zip(columns, values):
-            column.append(value)
-        lines.append(_row(str(step), values, width, pair))
-    lines.append(_row("mean", [math.fsum(c) / len(c) for c in columns], width, pair))
+    for index, step in enumerate(series["steps"]):
+        lines.append(_row(str(step), [series["values"][n][index] for n in names], width, pair))
+    lines.append(_row("mean", [series["mean"][n] for n in names], width, pair))
     return lines
 
 
@@ -77,7 +89,8 @@ def plot(runs: dict[str, dict[int, dict]], metrics: Sequence[str], path: Path, f
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         for name, records in runs.items():
-            points = sorted((s, float(r[metric])) for s, r in records.items() if metric in r and s >= from_step)
+            points = sorted((s, float(r[metric])) for s, r in records.items()
+                            if r.get(metric) is not None and s >= from_step)
             if points:
                 axis.plot(*zip(*points), marker="." if len(points) < 20 else None, label=Path(name).name)
         axis.set_title(metric)

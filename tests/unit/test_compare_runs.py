@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from launchers.compare_runs import main, metric_table, read_metrics
+from launchers.compare_runs import main, metric_series, metric_table, read_metrics
 
 
 def _run(tmp_path: Path, name: str, records: list[dict]) -> Path:
@@ -82,3 +82,13 @@ def test_plot_writes_one_panel_per_metric(runs, tmp_path, capsys):
 
     width, height = Image.open(out).size
     assert width > 1.8 * height  # two panels side by side
+
+
+def test_warning_records_and_missing_values_stay_out_of_the_tables(tmp_path):
+    a = read_metrics(_run(tmp_path, "a", [{"step": 1, "loss": 2.0, "mfu": None},
+                                          {"step": 1, "event": "skipped_step", "loss": None}]))
+    b = read_metrics(_run(tmp_path, "b", [{"step": 1, "loss": 3.0, "mfu": None}]))
+    assert a[1]["loss"] == 2.0  # the warning record does not overwrite the step's logged loss
+    assert metric_series({"a": a, "b": b}, "loss") == {"steps": [1], "values": {"a": [2.0], "b": [3.0]},
+                                                       "mean": {"a": 2.0, "b": 3.0}}
+    assert metric_series({"a": a, "b": b}, "mfu") is None
