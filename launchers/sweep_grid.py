@@ -223,7 +223,8 @@ def expand(axes: dict[str, list[Any]], explicit: list[tuple[str, dict[str, Any]]
     """The cartesian product of the axes, then the explicit runs, each once per seed (once without seeds)."""
     short = _short_keys(list(axes))
     configs = [(",".join(f"{short[k]}={v if isinstance(v, str) else render(v)}" for k, v in zip(axes, values)),
-                dict(zip(axes, values)), dict(zip(axes, values))) for values in itertools.product(*axes.values())]
+                dict(zip(axes, values)), dict(zip(axes, values))) for values in itertools.product(*axes.values())
+               ] if axes else []  # no axes: only the explicit runs (the empty product would be one unnamed run)
     configs += [(name, {k: own[k] for k in axes if k in own}, own) for name, own in explicit]
     runs = []
     for label, labels, own in configs:

@@ -179,6 +179,8 @@ def flat_keys(cfg: Optional[RunConfig] = None) -> list[str]:
     node = OmegaConf.structured(cfg or RunConfig)
 
     def walk(prefix: str, value) -> list[str]:
+        if OmegaConf.is_dict(value) and value._is_none():  # an optional section left null (no public test)
+            return [f"{prefix[:-1]}=None"]
         if OmegaConf.is_dict(value):
             return [line for k, v in value.items_ex(resolve=False) for line in walk(f"{prefix}{k}.", v)]
         return [f"{prefix[:-1]}={value}"]

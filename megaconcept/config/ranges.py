@@ -134,7 +134,8 @@ RANGES: dict[str, Allowed] = {
 CHECKED_BY_RULES = {"analysis.interval", "analysis.samples", "analysis.collapse_fraction"}
 """Numeric keys ranged by a rule of validate.py instead (its one message names all three; a CLI test pins it)."""
 
-OPTION_TREES = ("objective.terms", "objective.weighting.options", "objective.masking.options")
+OPTION_TREES = ("objective.terms", "objective.weighting.options", "objective.masking.options",
+                "model.bottleneck_options")
 """Free-form option mappings: their registries check names and types, here every number must be finite."""
 
 

@@ -6,7 +6,7 @@ every key it reads passed them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 from ..model.encoder import READ_POSITIONS
 from .ranges import range_problems
@@ -84,22 +84,69 @@ def _objectives(cfg: RunConfig) -> Optional[str]:
         WEIGHTING.options(o.weighting.scheme, o.weighting.options, "objective.weighting.options")
     except RegistryError as exc:
         return str(exc)
+    from ..model.bottleneck import BOTTLENECKS
     from ..model.decoders import DECODERS
 
-    if cfg.model.decoder not in DECODERS:
-        return None  # _registries names it
-    produced = set(getattr(DECODERS[cfg.model.decoder], "aux_names", ()))
-    for name, (kind, _) in terms.items():
-        missing = sorted(set(OBJECTIVES[kind].needs_aux) - produced)
-        if missing:
-            makers = [k for k in DECODERS.keys() if set(OBJECTIVES[kind].needs_aux) <= set(DECODERS[k].aux_names)]
-            return (f"objective.terms.{name} reads the decoder's {', '.join(missing)}, which model.decoder="
-                    f"{cfg.model.decoder} does not produce; use model.decoder={' or '.join(makers)}")
+    if cfg.model.decoder not in DECODERS or cfg.model.bottleneck not in BOTTLENECKS:
+        return None  # _registries and _bottleneck name them
+    unproduced = _unproduced_aux(cfg, terms)
+    if unproduced:
+        return unproduced
+    outside = [name for name, (kind, _) in terms.items() if not OBJECTIVES[kind].runs_in_pipeline]
+    if outside and cfg.parallel.pipeline > 1:
+        return (f"objective.terms.{outside[0]} runs the encoder itself, which a pipeline's last stage does not "
+                f"hold; use parallel.pipeline=1 (tensor and data parallelism work)")
     if o.weighting.scheme == "uncertainty":
-        signed = [name for name, (kind, _) in terms.items() if not OBJECTIVES[kind].nonnegative]
+        signed = [name for name, (kind, term) in terms.items() if not OBJECTIVES[kind].nonnegative_for(term)]
         if signed:
             return (f"objective.weighting.scheme=uncertainty cannot weight term {signed[0]!r}: its loss can be "
                     f"negative or is unbounded below; use scheme=fixed (with warmup_steps) for it")
+    return None
+
+
+def _unproduced_aux(cfg: RunConfig, terms: dict) -> Optional[str]:
+    """A term reading model aux tensors (ConceptOutputs.aux) that neither the decoder nor the bottleneck makes."""
+    from ..model.bottleneck import BOTTLENECKS
+    from ..model.decoders import DECODERS
+    from ..objectives.base import OBJECTIVES
+
+    parts = (("decoder", cfg.model.decoder, DECODERS), ("bottleneck", cfg.model.bottleneck, BOTTLENECKS))
+    produced = {aux for _, value, registry in parts for aux in getattr(registry[value], "aux_names", ())}
+    for name, (kind, _) in terms.items():
+        needs = set(OBJECTIVES[kind].needs_aux)
+        missing = sorted(needs - produced)
+        if not missing:
+            continue
+        for part, value, registry in parts:
+            makers = [k for k in registry.keys() if needs <= set(registry[k].aux_names)]
+            if makers:
+                return (f"objective.terms.{name} reads the {part}'s {', '.join(missing)}, which model.{part}="
+                        f"{value} does not produce; use model.{part}={' or '.join(makers)}")
+    return None
+
+
+def _bottleneck(cfg: RunConfig) -> Optional[str]:
+    """model.bottleneck and its options; under a pipeline every aux tensor it carries must be read by a term."""
+    from ..model.bottleneck import BOTTLENECKS
+    from ..model.registry import RegistryError
+    from ..objectives.base import OBJECTIVES
+
+    m, stages = cfg.model, cfg.parallel.pipeline
+    if m.bottleneck not in BOTTLENECKS:
+        return f"{BOTTLENECKS.key}={m.bottleneck!r} is unknown; valid: {', '.join(BOTTLENECKS.keys())}"
+    try:
+        BOTTLENECKS.options(m.bottleneck, m.bottleneck_options, "model.bottleneck_options")
+    except RegistryError as exc:
+        return str(exc)
+    kinds = {values.get("kind", name) for name, values in cfg.objective.terms.items() if isinstance(values, Mapping)}
+    read = {aux for kind in kinds if kind in OBJECTIVES for aux in OBJECTIVES[kind].needs_aux}
+    unread = sorted(set(BOTTLENECKS[m.bottleneck].aux_names) - read)
+    if stages > 1 and unread:
+        # DeepSpeed's pipeline asserts a gradient for every float tensor a stage receives; mu and logvar ride to
+        # the last stage for the objectives, so one of them must use them.
+        return (f"model.bottleneck={m.bottleneck} with parallel.pipeline={stages} needs a term reading its "
+                f"{', '.join(unread)} (e.g. objective.terms.kl={{}}): a pipeline sends a gradient back for every "
+                f"tensor crossing a stage, and no term uses these")
     return None
 
 
@@ -160,6 +207,7 @@ RULES: list[tuple[tuple[str, ...], Rule]] = [
     ((), _registries),
     (("objective.masking.final_rate", "objective.masking.schedule_steps", "objective.masking.options"), _masking),
     (("objective.terms", "objective.weighting.options"), _objectives),
+    (("model.bottleneck_options", "objective.terms", "parallel.pipeline"), _bottleneck),
     ((), _backbone_choices),
     (("model.backbone.num_layers", "model.backbone.source_layers"), _backbone_layers),
     (_BACKBONE_HEADS, _backbone_heads),

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bottleneck import build_bottleneck
 from .config import ConceptModelConfig
 from .decoders import build_decoder
 from .encoder import ConceptEncoder
@@ -21,11 +22,12 @@ class ConceptOutputs(NamedTuple):
     """What the model hands to the objectives (and, through the HF wrappers, to evaluation)."""
 
     concepts: torch.Tensor
-    """(B, C, D) the encoder's normed concepts."""
+    """(B, C, D) the encoder's normed concepts, after the bottleneck's mean (vae: mu; none: themselves)."""
     states: Optional[torch.Tensor]
     """(B, M, Dout) decoded states at the requested positions; None when nothing was decoded."""
     aux: dict[str, torch.Tensor]
-    """Auxiliary tensors components expose (e.g. a decoder's gate); empty for the default model."""
+    """Auxiliary tensors components expose (a decoder's gate (B, M), a vae bottleneck's vae_mu / vae_logvar
+    (B, C, D)); empty for the default model."""
 
 
 def head_weight(encoder: ConceptEncoder, lm_head: Optional[nn.Linear]) -> torch.Tensor:
@@ -41,19 +43,25 @@ def all_positions(input_ids: torch.Tensor) -> torch.Tensor:
 def encode_decode(
     encoder: ConceptEncoder, decoder: Optional[nn.Module], input_ids: torch.Tensor,
     attention_mask: Optional[torch.Tensor], positions: Optional[torch.Tensor],
+    bottleneck: Optional[nn.Module] = None, sample: bool = False,
 ) -> ConceptOutputs:
     """input_ids (B, N) -> concepts (B, C, D) and decoded states (B, M, D) at `positions` (B, M), default all N.
 
-    Shared with the HF wrappers; with no decoder only the concepts are computed.
+    Shared with the HF wrappers; with no decoder only the concepts are computed. The bottleneck (none when not
+    given) sits between encoder and decoder: the decoder reads its sample when `sample` (the native model in
+    training mode), else its mean (eval mode, every HF wrapper), so exported logits are deterministic.
     """
-    concepts = encoder(input_ids, attention_mask)  # (B, C, D)
+    encoded = encoder(input_ids, attention_mask)  # (B, C, D)
+    # Nothing decoded, nothing sampled: a concepts-only forward draws no noise from the RNG.
+    sample = sample and decoder is not None
+    concepts, decoded, aux = (encoded, encoded, {}) if bottleneck is None else bottleneck(encoded, sample=sample)
     if decoder is None:
-        return ConceptOutputs(concepts, None, {})
+        return ConceptOutputs(concepts, None, aux)
     if positions is None:
         decoder.check_length(input_ids.shape[1])
         positions = all_positions(input_ids)
-    result = decoder(concepts, positions, decoder_token_inputs(decoder, encoder.token_embed, input_ids, positions))
-    return ConceptOutputs(concepts, result.states, result.aux)
+    result = decoder(decoded, positions, decoder_token_inputs(decoder, encoder.token_embed, input_ids, positions))
+    return ConceptOutputs(concepts, result.states, {**result.aux, **aux})
 
 
 def decoder_token_inputs(decoder: nn.Module, token_embed: nn.Module, input_ids: torch.Tensor,
@@ -66,7 +74,7 @@ def decoder_token_inputs(decoder: nn.Module, token_embed: nn.Module, input_ids: 
 
 
 class ConceptMLM(nn.Module):
-    """Encoder -> concepts -> decoder at requested positions -> states for the LM head.
+    """Encoder -> concepts -> bottleneck -> decoder at requested positions -> states for the LM head.
 
     Decoding only the requested (masked) positions keeps `[B, N, V]` logits from ever existing; the MLM
     objective applies the head to those states chunk by chunk.
@@ -78,6 +86,9 @@ class ConceptMLM(nn.Module):
             raise ValueError("ConceptModelConfig.vocab_size is unset; take it from the tokenizer (len(tokenizer))")
         self.config = cfg
         self.encoder = ConceptEncoder(cfg)
+        # Registered before the decoder, like the data flow; it draws nothing from the RNG and init_weights
+        # leaves its fixed start alone, so every other weight is the none model's for the same seed.
+        self.bottleneck = build_bottleneck(cfg)
         self.decoder = build_decoder(cfg)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
@@ -85,6 +96,11 @@ class ConceptMLM(nn.Module):
 
     # Vocabulary rows: split across tensor-parallel ranks (megaconcept.model.sharding reads these plans).
     tensor_parallel_plan = {"lm_head": "vocab", "lm_bias": "vocab"}
+
+    @property
+    def aux_names(self) -> tuple[str, ...]:
+        """ConceptOutputs.aux keys: the decoder's, then the bottleneck's (the order the pipeline carries them in)."""
+        return (*self.decoder.aux_names, *self.bottleneck.aux_names)
 
     def output_embedding(self) -> torch.Tensor:
         """The LM head matrix (V, D): the token embedding when tied."""
@@ -97,13 +113,16 @@ class ConceptMLM(nn.Module):
         positions: Optional[torch.Tensor] = None,
         decode: bool = True,
     ) -> ConceptOutputs:
-        """input_ids (B, N); positions (B, M) to decode (default: all N); decode=False: concepts only."""
-        return encode_decode(self.encoder, self.decoder if decode else None, input_ids, attention_mask, positions)
+        """input_ids (B, N); positions (B, M) to decode (default: all N); decode=False: concepts only.
+        In training mode the decoder reads the bottleneck's sample, in eval mode its mean."""
+        return encode_decode(self.encoder, self.decoder if decode else None, input_ids, attention_mask, positions,
+                             bottleneck=self.bottleneck, sample=self.training)
 
     def pipeline_units(self) -> list[nn.Module]:
         """Everything between the token embedding and the LM head as pipeline units (megaconcept.model.units):
-        (embeddings (B, N, Dt), positions (B, M)) -> (states (B, M, Dout), concepts (B, C, D))."""
-        return [*self.encoder.pipeline_units(), *self.decoder.pipeline_units()]
+        (embeddings (B, N, Dt), positions (B, M)) -> (states (B, M, Dout), concepts (B, C, D), *aux in aux_names
+        order)."""
+        return [*self.encoder.pipeline_units(), *self.bottleneck.pipeline_units(self.decoder.pipeline_units())]
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """states (..., D) -> logits (..., V). Only for small inputs (inference, export)."""

@@ -75,6 +75,12 @@ class ConceptModelConfig:
     """Decoder position queries: learned = a table of max_position_embeddings rows; sinusoidal = fixed sin/cos
     features of the position through a learned projection, defined at any position. With a RoPE backbone
     and sinusoidal queries no part of the model has a length limit (see max_length)."""
+    bottleneck: str = "none"
+    """Bottleneck registry key (megaconcept.model.bottleneck.BOTTLENECKS) between concepts and decoder: none |
+    vae (the decoder reads a posterior sample in training, the mean in eval and in exports; objective.terms.kl).
+    Configs written before the field read as none."""
+    bottleneck_options: Optional[dict[str, Any]] = None
+    """The bottleneck's own options (vae: logvar_min, logvar_max, init_logvar); null = its defaults."""
     max_position_embeddings: int = 512
     """Longest sequence the learned position tables cover (encoder positions without a backbone, learned
     decoder queries)."""

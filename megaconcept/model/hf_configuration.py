@@ -38,6 +38,8 @@ class MegaconceptConfig(PretrainedConfig):
     decoder: str = _DEFAULTS.decoder
     decoder_layers: int = _DEFAULTS.decoder_layers
     decoder_positions: str = _DEFAULTS.decoder_positions
+    bottleneck: str = _DEFAULTS.bottleneck
+    bottleneck_options: Optional[dict] = _DEFAULTS.bottleneck_options
     max_position_embeddings: int = _DEFAULTS.max_position_embeddings
     dropout: float = _DEFAULTS.dropout
     tie_word_embeddings: bool = _DEFAULTS.tie_word_embeddings

@@ -1,7 +1,7 @@
 """Hugging Face model classes for exported concept encoders (loaded with ``trust_remote_code=True``).
 
 The modules are built from the same classes as :class:`~.concept_mlm.ConceptMLM` and registered under the
-same names (``encoder``, ``decoder``, ``lm_head`` when untied, ``lm_bias``), so an exported
+same names (``encoder``, ``bottleneck``, ``decoder``, ``lm_head`` when untied, ``lm_bias``), so an exported
 ``model.safetensors`` has exactly the native state-dict keys and needs no key mapping in either direction.
 Shipped flat in the exported folder: imports are transformers, torch and sibling files only.
 """
@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
+from .bottleneck import StartedLinear, build_bottleneck
 from .classification import AttentionPooler, ClassificationHead, decoder_width, pooled_width, pooling
 from .concept_mlm import all_positions, decoder_token_inputs, encode_decode, head_weight
 from .decoders import build_decoder
@@ -46,22 +47,25 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], output_attentions: Optional[bool],
                output_hidden_states: Optional[bool]) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
-        """Concepts (B, C, D), and when asked the per-layer concepts and cross-attention weights (see
-        ConceptEncoder.trace); the flags default to the config's, as in every transformers model."""
+        """Concepts (B, C, D) after the bottleneck's mean (deterministic: an exported model never samples), and
+        when asked the encoder's per-layer concepts and cross-attention weights (see ConceptEncoder.trace); the
+        flags default to the config's, as in every transformers model."""
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
         if not (output_attentions or output_hidden_states):
-            return self.encoder(input_ids, attention_mask), None, None
+            return self.bottleneck.mean(self.encoder(input_ids, attention_mask)), None, None
         trace = self.encoder.trace(input_ids, attention_mask)
-        return (trace.concepts, trace.hidden_states if output_hidden_states else None,
+        return (self.bottleneck.mean(trace.concepts), trace.hidden_states if output_hidden_states else None,
                 trace.attentions if output_attentions else None)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Same scheme as ConceptMLM: Normal(0, init_std) for linears/embeddings, Normal(0, concept_init_std)
-        for concepts, ones for norms, zeros for the LM bias and the read-position projections. Only ever
-        reaches tensors that were not loaded from a checkpoint."""
+        for concepts, ones for norms, zeros for the LM bias and the read-position projections, the bottleneck
+        heads' fixed start. Only ever reaches tensors that were not loaded from a checkpoint."""
         super()._init_weights(module)
+        if isinstance(module, StartedLinear):
+            module.reset_parameters(init)
         if isinstance(module, ConceptEncoder):
             init.normal_(module.concepts, mean=0.0, std=self.config.concept_init_std)
         if isinstance(module, ReadPositions):
@@ -73,14 +77,17 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
 
 
 class MegaconceptModel(MegaconceptPreTrainedModel):
-    """The concept encoder alone: input_ids (B, N) -> concepts (B, C, D) as ``last_hidden_state``.
+    """The concept encoder alone: input_ids (B, N) -> concepts (B, C, D) as ``last_hidden_state`` (after the
+    bottleneck's mean: a vae model's mu).
 
     Loading it from an exported MLM folder drops the decoder and LM head (reported as unused weights).
     """
 
     def __init__(self, config: MegaconceptConfig) -> None:
         super().__init__(config)
-        self.encoder = ConceptEncoder(config.to_model_config())
+        cfg = config.to_model_config()
+        self.encoder = ConceptEncoder(cfg)
+        self.bottleneck = build_bottleneck(cfg)
         self.post_init()
 
     def forward(
@@ -115,6 +122,7 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         super().__init__(config)
         cfg = config.to_model_config()
         self.encoder = ConceptEncoder(cfg)
+        self.bottleneck = build_bottleneck(cfg)
         self.decoder = build_decoder(cfg)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
@@ -177,6 +185,7 @@ class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
         choice = pooling(config.classifier_pooling)
         self.num_labels = config.num_labels
         self.encoder = ConceptEncoder(cfg)
+        self.bottleneck = build_bottleneck(cfg)
         self.decoder = build_decoder(cfg) if choice.decodes else None
         self.pooler = choice.build(cfg)
         self.classifier = ClassificationHead(pooled_width(cfg, config.classifier_pooling), config.num_labels,
@@ -185,9 +194,10 @@ class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """input_ids (B, N) -> one vector per sequence (B, W)."""
-        if self.decoder is None:
-            return self.pooler(self.encoder(input_ids, attention_mask))  # over the concepts (B, C, D)
-        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None).states  # (B, N, W)
+        if self.decoder is None:  # over the concepts (B, C, D)
+            return self.pooler(self.bottleneck.mean(self.encoder(input_ids, attention_mask)))
+        states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None,
+                               bottleneck=self.bottleneck).states  # (B, N, W)
         return self.pooler(states, attention_mask)
 
     def forward(
@@ -249,6 +259,7 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
         choice = pooling(config.classifier_pooling)
         self.pool_decoded = choice.decodes
         self.encoder = ConceptEncoder(cfg)
+        self.bottleneck = build_bottleneck(cfg)
         self.decoder = build_decoder(cfg)  # always: the span head reads its per-position states
         self.pooler = choice.build(cfg)
         self.classifier = ClassificationHead(pooled_width(cfg, config.classifier_pooling), len(QA_ANSWER_TYPES),
@@ -274,7 +285,7 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
         """
         self.decoder.check_length(input_ids.shape[1])  # the span head decodes every position
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        concepts = self.encoder(input_ids, attention_mask)  # (B, C, D)
+        concepts = self.bottleneck.mean(self.encoder(input_ids, attention_mask))  # (B, C, D)
         positions = all_positions(input_ids)
         token_inputs = decoder_token_inputs(self.decoder, self.encoder.token_embed, input_ids, positions)
         states = self.decoder(concepts, positions, token_inputs).states  # (B, N, W)

@@ -13,6 +13,9 @@ Concepts travel on to the last stage's objectives. The key mask (int) travels on
 (mask-later masking, padded inputs): it is what the plain forward receives as attention_mask. Token inputs
 (float) travel only for decoders that read the input tokens (their embeddings at the decoded positions,
 looked up on the first stage, where the embedding is).
+A bottleneck with aux tensors (model.bottleneck=vae) appends them to the decoder's carry and wraps the decoder's
+units (`carry_past`), which never see them; its last unit leaves (states, concepts, *aux in ConceptMLM.aux_names
+order) for the objectives.
 Units that are `StageUnit`s are heavy (a layer); stages start only at one of them.
 """
 from __future__ import annotations
@@ -88,3 +91,24 @@ class EncoderOutput(nn.Module):
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         _, concepts, positions, *rest = inputs
         return (self.norm(concepts), positions, *float_extras(rest))
+
+
+class CarryPast(nn.Module):
+    """Runs `unit` on the carry without its last `count` tensors, then appends them unchanged: what a bottleneck
+    hands the last stage's objectives travels past the decoder's units. Light, like most units it wraps."""
+
+    def __init__(self, unit: nn.Module, count: int) -> None:
+        super().__init__()
+        self.unit, self.count = unit, count
+
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (*self.unit(inputs[:-self.count]), *inputs[-self.count:])
+
+
+class CarryPastStage(CarryPast, StageUnit):
+    """CarryPast around a heavy unit: stages may still start at it."""
+
+
+def carry_past(unit: nn.Module, count: int) -> CarryPast:
+    """`unit` wrapped to carry the last `count` tensors past it, heavy exactly when `unit` is."""
+    return (CarryPastStage if isinstance(unit, StageUnit) else CarryPast)(unit, count)

@@ -3,7 +3,8 @@
     term(outputs: ConceptOutputs, batch: {key: tensor}) -> {"loss": scalar, <stat>: scalar, ...}
 
 Terms are entries of :data:`OBJECTIVES` (config key `objective.terms`), each with a config dataclass
-derived from :class:`TermConfig`, so a term's weight, warm-up and own options are checked together.
+derived from :class:`TermConfig`, so a term's weight, its schedule (warm-up or cyclical) and own options are
+checked together.
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ class TermConfig:
     """Multiplier of the term in the total loss."""
     warmup_steps: int = 0
     """Linear warm-up of the weight: step s (0-based) uses weight * min(1, (s + 1) / warmup_steps); 0 = none."""
+    schedule: str = "linear"
+    """How the weight moves over optimizer steps (megaconcept.objectives.compose.WEIGHT_SCHEDULES): linear = the
+    warm-up above (warmup_steps=0: constant); cyclical = Fu et al. 2019 (schedule_options n_cycles, ratio,
+    cycle_steps), which takes no warmup_steps."""
+    schedule_options: Optional[dict[str, Any]] = None
+    """The schedule's own options (cyclical: n_cycles, ratio, cycle_steps); null = none."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class BuildContext:
     tensor_parallel_size: int = 1
     tensor_group: Optional[Any] = None
     """megatron-core's tensor-parallel group (vocab-parallel loss) when tensor_parallel_size > 1."""
+    data_group: Optional[Any] = None
+    """The data-parallel group (ParallelContext.data_group; None = the whole world): what cross-sample terms
+    gather over (parallel.collectives) and batch statistics are all-reduced over."""
     say: Callable[[str], None] = lambda _message: None
     """Where a term reports a choice it made (e.g. the CE kernel); printed by the main rank."""
 
@@ -55,6 +65,14 @@ class Objective(nn.Module):
     nonnegative: bool = True
     """The loss is >= 0 for every input. Uncertainty weighting refuses a term without this (a signed or
     unbounded-below term lets it drive the total to -inf and silence every other term)."""
+    runs_in_pipeline: bool = True
+    """The term only reads the model's outputs and the batch. False for a term that runs the encoder itself
+    (e.g. on other views): a pipeline's last stage, where the terms run, holds no encoder."""
+
+    @classmethod
+    def nonnegative_for(cls, cfg: TermConfig) -> bool:
+        """`nonnegative` for a term built with `cfg` (config validation asks before anything is built)."""
+        return cls.nonnegative
 
     def forward(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

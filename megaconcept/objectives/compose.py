@@ -1,22 +1,25 @@
-"""Objectives composed: the configured terms, their weights and warm-ups, one weighting scheme, one total.
+"""Objectives composed: the configured terms, their weights and schedules, one weighting scheme, one total.
 
     ObjectiveSet(outputs, batch) -> (total loss, metrics)
-    metrics: loss/<term> (unweighted), weight/<term> (effective, warm-up and scheme applied), <term>/<stat>
+    metrics: loss/<term> (unweighted), weight/<term> (effective, schedule and scheme applied), <term>/<stat>
 
 `objective.terms` maps a term name to its config; the name is the registry key unless the entry names one
 with `kind` (two terms of one kind), and a null entry removes a default term (`objective.terms.mlm=null`).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from ..model.registry import RegistryError
+from ..model.registry import Registry, RegistryError
 from .base import OBJECTIVES, BuildContext, TermConfig
 from .weighting import WEIGHTING
-from . import gate as _gate, mlm as _mlm  # noqa: F401  (register the built-in terms)
+from . import gate as _gate, mlm as _mlm, regularizers as _regularizers  # noqa: F401  (register the built-in terms)
+from . import contrastive as _contrastive  # noqa: F401
+from . import vae as _vae  # noqa: F401  (registers kl)
 
 
 def term_configs(terms: Mapping[str, Any]) -> dict[str, tuple[str, TermConfig]]:
@@ -36,17 +39,73 @@ def term_configs(terms: Mapping[str, Any]) -> dict[str, tuple[str, TermConfig]]:
         cfg = OBJECTIVES.options(kind, values, where)
         if cfg.weight < 0 or cfg.warmup_steps < 0:
             raise RegistryError(f"{where}: weight={cfg.weight} and warmup_steps={cfg.warmup_steps} must be >= 0")
+        check_schedule(cfg, where)
         out[name] = (kind, cfg)
     if not out:
         raise RegistryError("objective.terms is empty; give at least one term (e.g. objective.terms.mlm={})")
     return out
 
 
+@dataclass
+class CyclicalOptions:
+    """schedule_options of schedule=cyclical: Fu et al. 2019 (haofuml/cyclical_annealing frange_cycle_linear)."""
+
+    cycle_steps: int = 0
+    """Optimizer steps the cycles spread over (required); from this step on the weight stays full."""
+    n_cycles: int = 4
+    """Cycles within cycle_steps; cycle c starts at step floor(c * cycle_steps / n_cycles)."""
+    ratio: float = 0.5
+    """Share of each cycle over which the factor rises linearly from 0 to 1; it stays 1 for the rest."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_cycles <= self.cycle_steps:
+            raise ValueError(f"cycle_steps={self.cycle_steps} and n_cycles={self.n_cycles} must satisfy "
+                             f"1 <= n_cycles <= cycle_steps (cycle_steps is required)")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"ratio={self.ratio} must be in (0, 1]")
+
+
+def _linear(options: None, cfg: TermConfig, step: int) -> float:
+    """min(1, (step + 1) / warmup_steps); 1 without warm-up (the warm-up every term always had)."""
+    return 1.0 if cfg.warmup_steps <= 0 else min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def _cyclical(options: CyclicalOptions, cfg: TermConfig, step: int) -> float:
+    """min(1, tau / (ratio * period)): period = cycle_steps / n_cycles, tau = steps since the current cycle's start
+    (integer starts, as the reference's int(c * period)); 1 from cycle_steps on."""
+    total, cycles = options.cycle_steps, options.n_cycles
+    if step >= total:
+        return 1.0
+    cycle = min(cycles - 1, ((step + 1) * cycles - 1) // total)  # the last c with floor(c * total / cycles) <= step
+    tau = step - cycle * total // cycles
+    return min(1.0, tau * cycles / (total * options.ratio))
+
+
+WEIGHT_SCHEDULES: Registry[Callable[[Any, TermConfig, int], float]] = Registry("objective.terms.schedule")
+"""A term's weight factor in [0, 1] at an optimizer step: fn(schedule options, term config, step). The step is
+resumed state, so a resumed run continues the schedule where it stopped."""
+WEIGHT_SCHEDULES.add("linear", _linear)
+WEIGHT_SCHEDULES.add("cyclical", _cyclical, CyclicalOptions)
+
+
+def check_schedule(cfg: TermConfig, where: str) -> None:
+    """One-line RegistryError for an unknown schedule, bad schedule_options or a warm-up it does not use."""
+    if cfg.schedule not in WEIGHT_SCHEDULES:
+        raise RegistryError(f"{where}.schedule={cfg.schedule!r} is unknown; "
+                            f"valid: {', '.join(WEIGHT_SCHEDULES.keys())}")
+    if cfg.schedule_options is not None and not isinstance(cfg.schedule_options, Mapping):
+        raise RegistryError(f"{where}.schedule_options must be a mapping of options, got {cfg.schedule_options!r}")
+    WEIGHT_SCHEDULES.options(cfg.schedule, cfg.schedule_options, f"{where}.schedule_options")
+    if cfg.schedule != "linear" and cfg.warmup_steps:
+        raise RegistryError(f"{where}: warmup_steps={cfg.warmup_steps} is the linear schedule's; schedule="
+                            f"{cfg.schedule} shapes the weight itself, so set warmup_steps=0")
+
+
 def warmed_weight(cfg: TermConfig, step: int) -> float:
-    """The term's weight at optimizer step `step` (0-based): linear from 1/warmup_steps up to the full weight."""
-    if cfg.warmup_steps <= 0:
-        return cfg.weight
-    return cfg.weight * min(1.0, (step + 1) / cfg.warmup_steps)
+    """The term's weight at optimizer step `step` (0-based): weight times its schedule's factor (linear: from
+    1/warmup_steps up to the full weight; cyclical: see _cyclical)."""
+    options = WEIGHT_SCHEDULES.options(cfg.schedule, cfg.schedule_options, "objective.terms.schedule_options")
+    return cfg.weight * WEIGHT_SCHEDULES[cfg.schedule](options, cfg, step)
 
 
 class ObjectiveSet(nn.Module):
@@ -99,9 +158,14 @@ class ObjectiveSet(nn.Module):
             metrics.update({f"decoder/{k}": stats[k].float() for k in self.decoder_stats})
         return total, metrics
 
+    def batch_makers(self, eos_id: int, seq_len: int) -> list[Any]:
+        """What the data workers add to each batch for the terms (their `batch_maker`), e.g. document views."""
+        return [term.batch_maker(eos_id, seq_len) for term in self.terms.values() if hasattr(term, "batch_maker")]
+
     def describe(self) -> str:
         parts = [f"{name} ({self.kinds[name]}, weight {cfg.weight}"
-                 + (f", warm-up {cfg.warmup_steps} steps)" if cfg.warmup_steps else ")")
+                 + (f", warm-up {cfg.warmup_steps} steps" if cfg.warmup_steps else "")
+                 + (f", {cfg.schedule} schedule)" if cfg.schedule != "linear" else ")")
                  for name, cfg in self.configs.items()]
         return f"objectives: {', '.join(parts)}; weighting {type(self.weighting).__name__}"
 

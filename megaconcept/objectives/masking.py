@@ -17,7 +17,7 @@ attention_mask that is 0 at every target, so the concept layers (and the backbon
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -142,6 +142,10 @@ MASK_SCHEDULES.add("linear", _linear, ScheduleOptions)
 MASK_SCHEDULES.add("step", _step, ScheduleOptions)
 
 
+BatchMaker = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+"""Clean ids (B, N) -> extra batch tensors (an objective's, made in the data workers)."""
+
+
 class MaskingCollator:
     """Picklable collate callable for loader workers: (ids (B, N), generator[, batch_index]) -> model batch.
 
@@ -154,11 +158,13 @@ class MaskingCollator:
 
     def __init__(self, strategy: str, spec: MaskingSpec, schedule: str = "constant",
                  schedule_options: Optional[ScheduleOptions] = None, grad_accum_steps: int = 1,
-                 first_step: int = 0) -> None:
+                 first_step: int = 0, extras: Sequence[BatchMaker] = ()) -> None:
         self.fn = MASKING[strategy]
         self.spec = spec
         self.schedule, self.schedule_options = MASK_SCHEDULES[schedule], schedule_options or ScheduleOptions()
         self.grad_accum_steps, self.first_step = grad_accum_steps, first_step
+        self.extras = tuple(extras)
+        """Batch makers of the objectives (e.g. a contrastive term's document views): clean ids -> more keys."""
 
     def rate_at(self, step: int) -> float:
         return self.schedule(self.spec.rate, self.schedule_options, step)
@@ -170,7 +176,10 @@ class MaskingCollator:
             rate = self.rate_at(self.first_step + batch_index // self.grad_accum_steps)
             if rate != spec.rate:
                 spec = replace(spec, rate=rate)
-        return self.fn(ids, spec, generator)
+        batch = self.fn(ids, spec, generator)
+        for extra in self.extras:  # from the clean ids: views are never masked
+            batch.update(extra(ids))
+        return batch
 
 
 from . import span_masking as _span  # noqa: E402,F401  (registers `span`)

@@ -6,7 +6,7 @@ tied layer (on the first stage, and again on the last where the tied LM head rea
 the LM head's own parameters and the objectives, the stage partitioning and the loss function. Parameters
 keep their identity, so `canonical_names` maps every pipeline parameter back to its name in the trained module.
 
-    token embedding -> model.pipeline_units() ... -> (states, concepts) -> objectives (last stage)
+    token embedding -> model.pipeline_units() ... -> (states, concepts, *aux) -> objectives (last stage)
 Stage boundaries fall only before heavy units (backbone, concept, decoder layers), so light layers never sit
 alone on a stage and nothing crosses a boundary unused. The concepts travel to the last stage, so
 concept-space objective terms work under a pipeline too.
@@ -120,7 +120,7 @@ class PipelineLoss:
 
     def __init__(self, module: PretrainModule) -> None:
         self.objectives = module.objectives
-        self.aux_names = module.model.decoder.aux_names
+        self.aux_names = module.model.aux_names  # the decoder's, then the bottleneck's
 
     def __call__(self, outputs: tuple[torch.Tensor, ...], labels: Any) -> torch.Tensor:
         states, concepts, *aux = outputs

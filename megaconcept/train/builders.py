@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from ..model import ConceptMLM, ConceptModelConfig
 from ..model.warmstart import warm_start
 from ..data.shards import Manifest
 from ..data.vocab import VocabularyTables, special_ids, vocabulary_tables
-from ..objectives.masking import MASK_SCHEDULES, MASKING, MaskingCollator, MaskingSpec
+from ..objectives.masking import MASK_SCHEDULES, MASKING, BatchMaker, MaskingCollator, MaskingSpec
 
 
 class DataModelMismatch(ValueError):
@@ -128,12 +128,13 @@ def masking_spec(section: MaskingSection, mask_token_id: int, tables: Vocabulary
 
 
 def build_collator(section: MaskingSection, mask_token_id: int, tables: VocabularyTables, grad_accum_steps: int = 1,
-                   first_step: int = 0) -> MaskingCollator:
-    """The masking collator; `first_step` is the optimizer step at which the data stream's batch 0 was drawn."""
+                   first_step: int = 0, extras: Sequence[BatchMaker] = ()) -> MaskingCollator:
+    """The masking collator; `first_step` is the optimizer step at which the data stream's batch 0 was drawn;
+    `extras` are the objectives' batch makers (ObjectiveSet.batch_makers)."""
     schedule = MASK_SCHEDULES.options(section.schedule, {"final_rate": section.final_rate,
                                                          "steps": section.schedule_steps})
     return MaskingCollator(section.strategy, masking_spec(section, mask_token_id, tables), section.schedule,
-                           schedule, grad_accum_steps, first_step)
+                           schedule, grad_accum_steps, first_step, extras)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

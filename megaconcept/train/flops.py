@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..model.bottleneck import BOTTLENECKS
 from ..model.config import ConceptModelConfig
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, without the 2:4 sparsity figure.
@@ -30,11 +31,13 @@ class FlopBreakdown:
     concept_mlp: float
     decoder: float
     lm_head: float
+    bottleneck: float = 0.0
+    """Between concepts and decoder (model.bottleneck; vae: its mu and logvar heads)."""
 
     @property
     def forward(self) -> float:
-        return (self.backbone + self.concept_cross + self.concept_self + self.concept_mlp + self.decoder
-                + self.lm_head)
+        return (self.backbone + self.concept_cross + self.concept_self + self.concept_mlp + self.bottleneck
+                + self.decoder + self.lm_head)
 
     @property
     def train(self) -> float:
@@ -61,8 +64,8 @@ def count_flops(cfg: ConceptModelConfig, seq_len: int, decoded: int) -> FlopBrea
     """One sample of `seq_len` tokens with `decoded` positions decoded and scored (the masked ones).
 
     Concept layers: cross-attention costs O(C*N) (queries are the C concepts, keys/values the N tokens),
-    self-attention O(C^2); the decoder's position queries read C concepts; the LM head runs only on the
-    decoded positions (sparse decoding).
+    self-attention O(C^2); the bottleneck declares its own (BOTTLENECKS entries' forward_flops); the decoder's
+    position queries read C concepts; the LM head runs only on the decoded positions (sparse decoding).
     """
     c, dc, dt, n, m = cfg.num_concepts, cfg.concept_dim, cfg.token_dim, seq_len, decoded
     cross = _mm(c, dc, dc) * 2 + _mm(n, dt, dc) * 2 + _mm(c, n, dc) * 2  # q, o ; k, v of tokens ; attention
@@ -75,7 +78,7 @@ def count_flops(cfg: ConceptModelConfig, seq_len: int, decoded: int) -> FlopBrea
     return FlopBreakdown(
         backbone=_backbone(cfg, n), concept_cross=cfg.num_layers * cross, concept_self=cfg.num_layers * self_attn,
         concept_mlp=cfg.num_layers * mlp, decoder=cfg.decoder_layers * dec_layer + out_proj,
-        lm_head=_mm(m, head_in, cfg.vocab_size or 0),
+        lm_head=_mm(m, head_in, cfg.vocab_size or 0), bottleneck=BOTTLENECKS[cfg.bottleneck].forward_flops(cfg),
     )
 
 

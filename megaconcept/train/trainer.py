@@ -102,8 +102,9 @@ class Trainer:
         return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator())
 
     def _collator(self, first_step: int = 0) -> Any:
+        extras = self.module.objectives.batch_makers(self.manifest.eos_token_id, self.manifest.seq_len)
         return build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.vocab,
-                              self.cfg.train.grad_accum_steps, first_step)
+                              self.cfg.train.grad_accum_steps, first_step, extras)
 
     @property
     def pipelined(self) -> bool:
@@ -113,7 +114,7 @@ class Trainer:
         o, ctx = self.cfg.objective, self.ctx
         build = BuildContext(model=model, cross_entropy=o.cross_entropy, ce_chunk_size=o.ce_chunk_size,
                              cuda=ctx.device.type == "cuda", tensor_parallel_size=ctx.tensor_parallel_size,
-                             tensor_group=ctx.tensor_group, say=self._say)
+                             tensor_group=ctx.tensor_group, data_group=ctx.data_group, say=self._say)
         return build_objectives(o.terms, o.weighting.scheme, o.weighting.options, build)
 
     def _engine_module(self) -> tuple[torch.nn.Module, list[tuple[str, torch.nn.Parameter]]]:

@@ -64,3 +64,22 @@ def test_vocabulary_is_padded_for_training_and_trimmed_on_export(tmp_path, tiny_
     assert exported["encoder.token_embed.weight"].shape[0] == exported["lm_bias"].shape[0] == tokens
     torch.testing.assert_close(exported["encoder.token_embed.weight"], trained["model.encoder.token_embed.weight"][:tokens])
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == tokens
+
+
+def test_contrastive_and_a_regularizer_train_with_mlm_through_the_cli(tmp_path, tiny_shards):
+    """Two ranks, ZeRO-3: the contrastive term (views made in the data workers, negatives gathered over both
+    ranks), a concept regularizer and MLM train together; each term's loss and statistics are logged, the
+    projection head is checkpointed under objectives.* and left out of the export."""
+    run_dir = tmp_path / "run"
+    run(torchrun_cmd(2, "ds_configs/zero3.json", COMMON + [
+        f"data.shards={tiny_shards}", f"run_dir={run_dir}", "train.max_steps=3",
+        "objective.terms.contrastive={weight: 0.5, min_tokens: 8}", "objective.terms.tregs={weight: 0.1, shifted: true}"]))
+    rows = [r for r in _rows(run_dir) if "loss" in r]
+    assert len(rows) == 3
+    for r in rows:
+        assert r["contrastive/pairs"] > 0 and 0 <= r["contrastive/accuracy"] <= 1 and r["loss/contrastive"] > 0
+        assert 0 <= r["loss/tregs"] <= 2 and r["weight/contrastive"] == 0.5
+        expected = r["loss/mlm"] + 0.5 * r["loss/contrastive"] + 0.1 * r["loss/tregs"]
+        assert abs(r["loss"] - expected) < 1e-4 * expected
+    proc = run([sys.executable, "-m", "megaconcept.export", str(run_dir), str(tmp_path / "hf")])
+    assert "objectives.terms.contrastive.projection" in proc.stdout

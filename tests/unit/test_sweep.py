@@ -84,6 +84,11 @@ def test_grid_expands_to_readable_names_with_base_and_seeds():
                               "seed=1"]
 
 
+def test_named_runs_alone_make_no_unnamed_grid_run():
+    runs = expand({}, [("mlm_only", {}), ("tregs", {"objective.terms.tregs": {"shifted": True}})], {}, [7])
+    assert [r.name for r in runs] == ["mlm_only,seed=7", "tregs,seed=7"]
+
+
 def test_names_stay_unique_and_filesystem_safe():
     runs = expand({"model.dropout": [0.1], "objective.dropout": [0.2]}, [], {}, [])
     assert runs[0].name == "model.dropout=0.1,objective.dropout=0.2"  # a shared last part keeps the full key
