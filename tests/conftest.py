@@ -88,3 +88,22 @@ def tiny_shards(tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path_factory: p
                        "--out", str(out), "--workers", "1"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def export_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project export (random weights) of the tiny tokenizer, written the way megaconcept.export writes one."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from megaconcept.export.hf_folder import build_hf_model, write_hf_folder
+    from megaconcept.model import ConceptMLM, ConceptModelConfig
+
+    cfg = ConceptModelConfig(vocab_size=1000, num_concepts=4, concept_dim=32, num_heads=2, num_layers=1,
+                             max_position_embeddings=128)
+    torch.manual_seed(0)
+    weights = {k: v.detach().clone() for k, v in ConceptMLM(cfg).state_dict().items()}
+    out = tmp_path_factory.mktemp("export")
+    write_hf_folder(out, build_hf_model(cfg, weights, "fp32"), AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir)),
+                    weights)
+    return out

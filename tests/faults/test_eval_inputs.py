@@ -10,31 +10,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-import torch
-from transformers import AutoTokenizer
 
 from evals import concepts, efficiency, glue, longbench, scrolls
 from evals.common import is_project_export, trust_remote_code
-from megaconcept.export.hf_folder import build_hf_model, write_hf_folder
-from megaconcept.model import ConceptMLM, ConceptModelConfig
 
 CLIS = {"glue": glue.main, "scrolls": scrolls.main, "longbench": longbench.main, "concepts": concepts.main,
         "efficiency": efficiency.main}
 MODEL_CLIS = ("glue", "scrolls", "longbench", "concepts")  # the ones that load an exported model
 GARBAGE = bytes(random.Random(0).randrange(256) for _ in range(512)) + b"\xff\xfe"  # never valid UTF-8
 
-
-@pytest.fixture(scope="module")
-def export_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project export (random weights), written the way megaconcept.export writes one."""
-    cfg = ConceptModelConfig(vocab_size=1000, num_concepts=4, concept_dim=32, num_heads=2, num_layers=1,
-                             max_position_embeddings=128)
-    torch.manual_seed(0)
-    weights = {k: v.detach().clone() for k, v in ConceptMLM(cfg).state_dict().items()}
-    out = tmp_path_factory.mktemp("export")
-    write_hf_folder(out, build_hf_model(cfg, weights, "fp32"), AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir)),
-                    weights)
-    return out
 
 
 def _run(cli: str, argv: list[str], capsys: pytest.CaptureFixture) -> str:

@@ -4,26 +4,11 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer
 
 from evals import glue
-from megaconcept.export.hf_folder import build_hf_model, write_hf_folder
-from megaconcept.model import ConceptMLM, ConceptModelConfig
 
 WORDS = "the cat dog sat ran on a mat park bird flew over house tree river under".split()
 
-
-@pytest.fixture(scope="module")
-def export_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = ConceptModelConfig(vocab_size=1000, num_concepts=4, concept_dim=32, num_heads=2, num_layers=1,
-                             max_position_embeddings=128)
-    torch.manual_seed(0)
-    weights = {k: v.detach().clone() for k, v in ConceptMLM(cfg).state_dict().items()}
-    out = tmp_path_factory.mktemp("export")
-    write_hf_folder(out, build_hf_model(cfg, weights, "fp32"), AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir)),
-                    weights)
-    return out
 
 
 def _sentence(rng: random.Random) -> str:
