@@ -8,9 +8,6 @@ import torch
 from transformers import AutoModel
 
 from evals import concepts
-import test_glue_cli
-
-export_dir = test_glue_cli.export_dir  # the module-scoped tiny export the other eval CLI tests use
 
 METRICS = {"num_samples", "num_concepts", "num_vectors", "concept_dim", "effective_rank", "global_effective_rank",
            "participation_ratio", "mean_pairwise_cosine", "max_pairwise_cosine", "dims_for_95pct_variance",

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from evals import longbench, longbench_data
-from test_glue_cli import WORDS, _write, export_dir  # noqa: F401  (module-scoped export fixture)
+from test_glue_cli import WORDS, _write  # noqa: E402  (export_dir is a conftest fixture)
 
 TREC_CLASSES = ["Date", "Individual", "Other location", "Number of something", "Definition of something"]
 LSHT_CLASSES = ["体育", "财经", "教育"]

@@ -7,7 +7,7 @@ import pytest
 
 from evals import scrolls
 from evals.scrolls_data import TASKS, group_references, parse_quality, split_query
-from test_glue_cli import WORDS, _write, export_dir  # noqa: F401  (module-scoped export fixture)
+from test_glue_cli import WORDS, _write  # noqa: E402  (export_dir is a conftest fixture)
 
 
 def _text(rng: random.Random, n: int) -> str:
