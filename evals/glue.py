@@ -4,8 +4,9 @@ Each task is fine-tuned from the exported model (HF Trainer, one run per seed) w
 classification head of `megaconcept/model/classification.py`, and scored with the standard metric(s) of
 `evals/metrics.py`. Reported per task: every seed's scores, the median over seeds (GLUE practice for the
 noisy small tasks), the task score (mean of its metrics), a majority-class baseline; plus the average over
-tasks. Data: the hub (`nyu-mll/glue`), a local folder in the hub's layout (`--data-dir`), or offline
-stand-ins derived from real data at run time (`--stand-in`, labelled as such everywhere).
+tasks. Data: the hub (`nyu-mll/glue`), local files (`--data-dir`: the GLUE download, per-split files, a hub-cache
+snapshot or a save_to_disk folder; see evals/glue_data.py), or offline stand-ins derived from real data at run
+time (`--stand-in`, labelled as such everywhere).
 """
 from __future__ import annotations
 
@@ -118,7 +119,8 @@ def _plot(results: list[TaskResult], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.glue", description=__doc__.splitlines()[0])
-    add_source_arguments(p, "glue", "DIR/<task>/<split>*.{parquet,jsonl,json,csv,tsv}",
+    add_source_arguments(p, "glue", "DIR/<task>/ (qnli or QNLI) holding the GLUE download (train.tsv, dev.tsv), "
+                         "<split>.{parquet,jsonl,json,csv,tsv} or hub shards, or a save_to_disk folder",
                          "cap train and dev rows per task (quick runs)")
     p.add_argument("--tasks", help=f"comma-separated, default all: {','.join(TASKS)} (stand-ins: "
                                    f"{','.join(STANDIN_TASKS)})")

@@ -195,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.longbench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    add_source_arguments(p, "longbench", "DIR/<task>.jsonl (LongBench's data.zip) and DIR/longbench_v2.json "
-                         "or .jsonl (the v2 data.json)", "cap the rows scored per task")
+    add_source_arguments(p, "longbench", "LongBench's data.zip (DIR/data.zip, or extracted: DIR/data/<task>.jsonl "
+                         "or DIR/<task>.jsonl) and v2's data.json (DIR/data.json or DIR/longbench_v2.json)",
+                         "cap the rows scored per task")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated from {','.join(TASKS)} (default: all)")
     p.add_argument("--max-length", type=sequence_length, default=512, help="tokens per encoded text or pair")
     return p

@@ -3,8 +3,10 @@ then checked and reduced to what each protocol reads. Every row problem is a one
 
 Sources per task:
   hub         THUDM/LongBench (config = task, split test) and THUDM/LongBench-v2 (split train).
-  --data-dir  LongBench's layout: DIR/<task>.jsonl (the v1 repo's data.zip), and for v2 DIR/longbench_v2.json
-              (a JSON list: the v2 repo's data.json renamed) or DIR/longbench_v2.jsonl.
+  --data-dir  LongBench's own files (names in any case; DIR may be a hub-cache folder or snapshot): v1 from the
+              repo's data.zip, read in place as DIR/data.zip or extracted as DIR/data/<task>.jsonl or
+              DIR/<task>.jsonl; v2 from the v2 repo's data.json (a JSON list) as DIR/data.json,
+              DIR/longbench_v2/data.json, DIR/longbench_v2.json or DIR/longbench_v2.jsonl.
   --stand-in  built at run time from HotpotQA (evals/standin_sources.py): passage_retrieval_en and longbench_v2
               from evals/standins.py's ``long_standin`` ("passage_retrieval" with STANDIN_CONTEXT_TOKENS of
               paragraphs, "multiple_choice" with a --max-length context), trec from ``fewshot_standin`` below (a
@@ -21,14 +23,14 @@ from typing import Any, Iterable, Iterator, Optional
 
 from . import standin_sources, standins
 from .common import EvalError, json_kind, one_line
-from .data_files import Record, json_records, numbered
+from .data_files import FilePath, Record, find_child, hub_snapshot, json_records, numbered, zip_member
 
 HUB_V1, HUB_V2 = "THUDM/LongBench", "THUDM/LongBench-v2"
 LETTERS = "ABCD"
 CHOICES = tuple(f"choice_{x}" for x in LETTERS)  # v2's own files spell the options out one field each
 # Few-shot classification: (text marker, label marker) of the context's examples, as LongBench lays them out.
 FEWSHOT_MARKERS = {"trec": ("Question", "Type"), "lsht": ("新闻", "类别")}
-V2_FILES = ("longbench_v2.json", "longbench_v2.jsonl")
+V2_FILES = ("longbench_v2.json", "longbench_v2.jsonl", "data.json", "longbench_v2/data.json")
 NO_STANDIN = {"lsht": "Chinese news classification; there is no Chinese source to derive a stand-in from"}
 # Context size of the passage_retrieval_en and trec stand-ins (LongBench's contexts average 9,289 and 5,177
 # words). Their paragraphs and examples are encoded one by one, so this sets how many there are (about 20
@@ -146,13 +148,34 @@ def v2_row(record: dict[str, Any], position: int, where: str) -> Row:
             "answer": answer, "difficulty": record.get("difficulty"), "length": record.get("length")}
 
 
+def _find(root: Path, relative: str) -> Optional[Path]:
+    """root/relative with every part matched as data_files.find_child matches names (any case, - or _)."""
+    found: Optional[Path] = root
+    parts = relative.split("/")
+    for k, part in enumerate(parts):
+        found = find_child(found, part, directory=k < len(parts) - 1) if found is not None else None
+    return found
+
+
+def _local_file(task: str, root: Path) -> Optional[FilePath]:
+    if task == "longbench_v2":
+        return next(filter(None, (_find(root, name) for name in V2_FILES)), None)
+    extracted = next(filter(None, (_find(root, name) for name in (f"{task}.jsonl", f"data/{task}.jsonl"))), None)
+    archive = _find(root, "data.zip") if extracted is None else None
+    return zip_member(archive, (f"data/{task}.jsonl",)) if archive is not None else extracted
+
+
 def _local_records(task: str, data_dir: str) -> Iterable[Record]:
-    names = V2_FILES if task == "longbench_v2" else (f"{task}.jsonl",)
-    path = next((Path(data_dir) / n for n in names if (Path(data_dir) / n).is_file()), None)
-    if path is None:
-        raise EvalError(f"{Path(data_dir) / names[0]} not found; expected LongBench's {' or '.join(names)} "
-                        f"(or leave {task} out with --tasks)")
-    return json_records(path)
+    root = hub_snapshot(Path(data_dir))
+    path = _local_file(task, root)
+    if path is not None:
+        return json_records(path)
+    if task == "longbench_v2":
+        raise EvalError(f"{root / V2_FILES[0]} not found; expected the v2 repo's data.json (a JSON list) as "
+                        f"{root}/data.json, {root}/longbench_v2/data.json or {root}/longbench_v2.json, or JSON lines "
+                        f"as longbench_v2.jsonl (or leave {task} out with --tasks)")
+    raise EvalError(f"{root / task}.jsonl not found; expected LongBench's data.zip in {root} (read in place) or its "
+                    f"data/{task}.jsonl extracted to {root}/data/ or {root}/ (or leave {task} out with --tasks)")
 
 
 def _hub_records(task: str) -> Iterable[Record]:

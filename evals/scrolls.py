@@ -141,7 +141,8 @@ def run_task(task: ScrollsTask, model_dir: Path, seeds: list[int], args: argpars
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.scrolls", description=__doc__.splitlines()[0])
-    add_source_arguments(p, "scrolls", "DIR/<task>/{train,validation}.jsonl with id/input/output",
+    add_source_arguments(p, "scrolls", "DIR/<task>/{train,validation}.jsonl (the official zip extracted, or "
+                         "DIR/<task>.zip), .parquet or hub shards, or a save_to_disk folder; id/input/output",
                          "cap train and dev rows per task")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated from {','.join(TASKS)}")
     p.add_argument("--seeds", default="1", help="comma-separated seeds (median reported)")

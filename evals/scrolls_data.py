@@ -1,4 +1,9 @@
-"""SCROLLS data for the encoder-shaped tasks: the hub (`tau/scrolls`), local files in its layout, or stand-ins.
+"""SCROLLS data for the encoder-shaped tasks: the hub (`tau/scrolls`), local files in its layouts, or stand-ins.
+
+Local layouts (--data-dir DIR; task names in any case; DIR may be a hub-cache folder or snapshot): DIR/<task>/
+holding <split>.jsonl (the official <task>.zip extracted), <split>.{json,parquet}, hub shards
+<split>-00000-of-0000N.parquet or <split>/*.parquet, or a datasets.save_to_disk folder; or DIR/<task>.zip itself,
+read in place (its members <task>/<split>.jsonl).
 
 SCROLLS rows are {"id", "input", "output"} with the query prepended to the document, separated by a blank
 line. contract_nli: query = the hypothesis, output = "Entailment" | "Contradiction" | "Not mentioned".
@@ -17,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .common import EvalError, json_kind, one_line
-from .data_files import Record, json_records, numbered, table_records
+from .data_files import (Record, find_child, hub_snapshot, json_records, numbered, saved_split, split_files,
+                         table_records, zip_member)
 
 HUB_DATASET = "tau/scrolls"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -98,22 +104,36 @@ def group_references(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(grouped.values())
 
 
+def _local_records(task: ScrollsTask, split: str, data_dir: str) -> Iterable[Record]:
+    root = hub_snapshot(Path(data_dir))
+    folder = find_child(root, task.name, directory=True)
+    if folder is not None and (folder / "dataset_dict.json").is_file():
+        return saved_split(folder, split)
+    files = split_files(folder, (split,), LOCAL_SUFFIXES) if folder is not None else []
+    if files:
+        return itertools.chain.from_iterable(table_records(f, "parquet") if f.suffix == ".parquet" else json_records(f)
+                                             for f in files)
+    archive = find_child(root, f"{task.name}.zip", directory=False)
+    member = zip_member(archive, (f"{task.name}/{split}.jsonl", f"{split}.jsonl")) if archive else None
+    if member is not None:
+        return json_records(member)
+    raise EvalError(f"no {split} file for {task.name} under {folder or root}; expected {root}/{task.name}/"
+                    f"{split}.jsonl (SCROLLS' {task.name}.zip extracted, or that zip itself in {root}), "
+                    f"{split}.parquet or hub shards {split}-00000-of-00001.parquet, or a datasets.save_to_disk folder, "
+                    f"with SCROLLS fields id, input, output")
+
+
 def _records(task: ScrollsTask, split: str, data_dir: Optional[str]) -> Iterable[Record]:
     from datasets import load_dataset
 
-    if data_dir is None:
-        try:
-            dataset = load_dataset(HUB_DATASET, task.name, split=split)
-        except Exception as exc:  # network / auth / config errors: one line for the user
-            raise EvalError(f"could not load {HUB_DATASET}/{task.name} [{split}] ({one_line(exc)}); use "
-                            f"--data-dir with local files or --stand-in offline") from None
-        return numbered(f"{HUB_DATASET}/{task.name} [{split}]", dataset)
-    files = sorted(p for p in Path(data_dir, task.name).glob(f"{split}.*") if p.suffix in LOCAL_SUFFIXES)
-    if not files:
-        raise EvalError(f"no {split} file for {task.name} under {Path(data_dir, task.name)}; expected "
-                        f"{split}.jsonl (or .json, .parquet) with SCROLLS fields id, input, output")
-    return itertools.chain.from_iterable(table_records(f, "parquet") if f.suffix == ".parquet" else json_records(f)
-                                         for f in files)
+    if data_dir is not None:
+        return _local_records(task, split, data_dir)
+    try:
+        dataset = load_dataset(HUB_DATASET, task.name, split=split)
+    except Exception as exc:  # network / auth / config errors: one line for the user
+        raise EvalError(f"could not load {HUB_DATASET}/{task.name} [{split}] ({one_line(exc)}); use "
+                        f"--data-dir with local files or --stand-in offline") from None
+    return numbered(f"{HUB_DATASET}/{task.name} [{split}]", dataset)
 
 
 def _checked(where: str, record: dict[str, Any]) -> dict[str, Any]:
