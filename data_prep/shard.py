@@ -1,10 +1,13 @@
 """`python -m data_prep.shard`: tokenize documents, pack them into fixed-length samples, write shards.
 
-Each document is tokenized without special tokens and followed by exactly one eos id; the resulting
-token stream is cut into samples of exactly ``--seq-len`` ids (documents run across sample boundaries,
-standard packing) and written as WebDataset tars of ``--samples-per-shard`` samples (see
-:mod:`megaconcept.data.shards` for the format). The tail that does not fill a sample is dropped and
-counted.
+Each document is tokenized without special tokens and followed by exactly one separator id: the
+``--separator-token`` when one is named, else the tokenizer's eos, else its sep (BERT's ``[SEP]``); see
+megaconcept.data.vocab.document_separator, and the manifest's ``separator_token_id``. With
+``--add-special-tokens`` each document gets the tokenizer's own template instead (``[CLS] text [SEP]``), plus
+the separator where the template does not already end with it. The resulting token stream is cut into
+samples of exactly ``--seq-len`` ids (documents run across sample boundaries, standard packing) and written
+as WebDataset tars of ``--samples-per-shard`` samples (see :mod:`megaconcept.data.shards` for the format).
+The tail that does not fill a sample is dropped and counted.
 
 Interrupted runs resume: after every finished shard ``DIR/.progress.json`` records how many input
 records were consumed, the not-yet-written tokens and all counters, so a re-run re-reads the input,
@@ -35,7 +38,7 @@ from megaconcept.data.shards import (FORMAT_VERSION, MANIFEST_NAME, PROGRESS_NAM
                                      Manifest, ShardError, ShardInfo, encode_shard, ids_dtype,
                                      read_manifest, shard_name, write_atomically)
 from megaconcept.data.tokenizer import load_tokenizer, tokenizer_fingerprint
-from megaconcept.data.vocab import special_ids
+from megaconcept.data.vocab import document_separator, special_ids
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -60,6 +63,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-documents", metavar="N", type=int, default=None, help="stop after N kept documents")
     parser.add_argument("--tokenizer", metavar="SPEC", required=True,
                         help="'smollm2' (embedded), a local tokenizer folder, or a hub id")
+    parser.add_argument("--separator-token", metavar="TOKEN", default=None,
+                        help="token that ends each document, for a tokenizer with neither eos nor sep, or to "
+                             "override them; added as a special token when missing, and then matched verbatim in "
+                             "text, so pick one text never holds (e.g. '<doc>'); default: eos, else sep")
+    parser.add_argument("--add-special-tokens", action="store_true",
+                        help="apply the tokenizer's template to each document ([CLS] ... [SEP] for BERT); "
+                             "default: none, only the separator between documents")
     parser.add_argument("--seq-len", metavar="N", type=int, required=True, help="ids per sample")
     parser.add_argument("--out", metavar="DIR", required=True, help="output directory")
     parser.add_argument("--samples-per-shard", metavar="N", type=int, default=1000,
@@ -88,10 +98,13 @@ def write_shard(out_dir: Path, index: int, samples: np.ndarray) -> ShardInfo:
 class Packer:
     """Packs documents into samples and full shards; owns every counter the manifest and resume need."""
 
-    def __init__(self, out_dir: Path, seq_len: int, samples_per_shard: int, eos_id: int, dtype: np.dtype,
-                 settings_sha256: str, progress: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, out_dir: Path, seq_len: int, samples_per_shard: int, separator_id: int, dtype: np.dtype,
+                 settings_sha256: str, progress: Optional[dict[str, Any]] = None, templated: bool = False) -> None:
         self.out_dir, self.seq_len, self.samples_per_shard = out_dir, seq_len, samples_per_shard
-        self.eos_id, self.dtype, self.settings_sha256 = eos_id, dtype, settings_sha256
+        self.separator_id, self.dtype, self.settings_sha256 = separator_id, dtype, settings_sha256
+        # Documents carry the tokenizer's template (--add-special-tokens): one already ending with the
+        # separator ([CLS] x [SEP]) gets no second one.
+        self.templated = templated
         progress = progress or {}
         self.records_consumed: int = progress.get("records_consumed", 0)
         self.documents: int = progress.get("documents", 0)
@@ -106,12 +119,14 @@ class Packer:
         self.skipped[reason] += 1
 
     def add_document(self, ids: list[int]) -> None:
-        """Append one document + eos; flush every full shard (progress is saved at document boundaries)."""
+        """Append one document + separator; flush every full shard (progress is saved at document boundaries)."""
         self.records_consumed += 1
         self.documents += 1
-        self.tokens += len(ids) + 1
+        ended = self.templated and bool(ids) and ids[-1] == self.separator_id
+        self.tokens += len(ids) + (not ended)
         self.pending.extend(ids)
-        self.pending.append(self.eos_id)
+        if not ended:
+            self.pending.append(self.separator_id)
         shard_tokens = self.samples_per_shard * self.seq_len
         while len(self.pending) >= shard_tokens:
             self._flush(shard_tokens)
@@ -169,9 +184,14 @@ def settings_of(args: argparse.Namespace, tokenizer_sha256: str) -> dict[str, An
     inputs: Any = (local_fingerprint(args.input) if args.input else
                    {"hub": args.hub, "config": args.hub_config, "split": args.split,
                     "data_files": args.data_files})
-    return {"format_version": FORMAT_VERSION, "inputs": inputs, "text_field": args.text_field,
-            "max_documents": args.max_documents, "tokenizer_sha256": tokenizer_sha256,
-            "seq_len": args.seq_len, "samples_per_shard": args.samples_per_shard}
+    settings = {"format_version": FORMAT_VERSION, "inputs": inputs, "text_field": args.text_field,
+                "max_documents": args.max_documents, "tokenizer_sha256": tokenizer_sha256,
+                "seq_len": args.seq_len, "samples_per_shard": args.samples_per_shard}
+    # A named separator changes the saved tokenizer (so its sha256 above) whenever it changes the bytes.
+    # Recorded only when set, so directories made before the option existed keep their fingerprint.
+    if args.add_special_tokens:
+        settings["add_special_tokens"] = True
+    return settings
 
 
 def clear_outputs(out: Path) -> None:
@@ -191,10 +211,10 @@ def _configure_threads(workers: int) -> None:
     os.environ["RAYON_NUM_THREADS"] = str(workers)
 
 
-def _load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+def _load_tokenizer(spec: str, separator: Optional[str]) -> PreTrainedTokenizerBase:
     """load_tokenizer, with whatever a damaged tokenizer folder makes transformers raise as one line."""
     try:
-        return load_tokenizer(spec)
+        return load_tokenizer(spec, separator)
     except ValueError:
         raise
     except Exception as err:  # e.g. KeyError or tokenizers' bare Exception for a malformed tokenizer.json
@@ -244,7 +264,7 @@ def _tokenize_all(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, 
               mininterval=1.0, dynamic_ncols=True) as bar:
         for batch in batches:
             encodings = iter(backend.encode_batch([t for t, _ in batch if t is not None],
-                                                  add_special_tokens=False))
+                                                  add_special_tokens=args.add_special_tokens))
             for text, reason in batch:
                 if reason is not None:
                     packer.skip(reason)
@@ -264,14 +284,24 @@ def describe_sources(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _manifest(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, tokenizer_sha: str, settings_sha: str,
               packer: Packer, dropped: int, sources: list[dict[str, Any]]) -> Manifest:
+    separator, separator_id = _separator(tokenizer)
+    # The separator is never a random replacement, whatever the tokenizer says about its specials.
+    specials = sorted({*special_ids(tokenizer), separator_id})
     return Manifest(
         format_version=FORMAT_VERSION, documents=packer.documents,
         skipped_documents=sum(packer.skipped.values()), skipped_by_reason=dict(sorted(packer.skipped.items())),
         tokens=packer.tokens, samples=packer.samples, seq_len=args.seq_len, dropped_tokens=dropped,
         dtype=packer.dtype.name, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-        mask_token_id=tokenizer.mask_token_id, special_token_ids=special_ids(tokenizer),
+        mask_token_id=tokenizer.mask_token_id, special_token_ids=specials, separator_token_id=separator_id,
+        separator_token=separator, add_special_tokens=args.add_special_tokens,
         tokenizer={"spec": args.tokenizer, "name_or_path": str(tokenizer.name_or_path), "sha256": tokenizer_sha},
         sources=sources, shards=packer.shards, settings_sha256=settings_sha)
+
+
+def _separator(tokenizer: PreTrainedTokenizerBase) -> tuple[str, int]:
+    found = document_separator(tokenizer)
+    assert found is not None, "load_tokenizer refuses a tokenizer without a document separator"
+    return found
 
 
 def _prepare_out(out: Path, overwrite: bool) -> bool:
@@ -323,7 +353,7 @@ def run(args: argparse.Namespace) -> Manifest:
     """Shard according to ``args``; resume or skip a finished directory. Returns the manifest."""
     sources = describe_sources(args)  # bad input paths fail before anything is written
     _configure_threads(args.workers)
-    tokenizer = _load_tokenizer(args.tokenizer)  # before anything is written, too
+    tokenizer = _load_tokenizer(args.tokenizer, args.separator_token)  # before anything is written, too
     out = Path(args.out)
     created = _prepare_out(out, args.overwrite)
     with _undo_on_failure(out, created):
@@ -340,7 +370,10 @@ def _shard_into(out: Path, args: argparse.Namespace, tokenizer: PreTrainedTokeni
         print(f"{out}: already complete ({finished.samples} samples in {len(finished.shards)} shards)")
         return finished
     dtype = ids_dtype(len(tokenizer))
-    packer = Packer(out, args.seq_len, args.samples_per_shard, tokenizer.eos_token_id, dtype, settings_sha, progress)
+    separator, separator_id = _separator(tokenizer)
+    print(f"documents end with {separator!r} (id {separator_id})")
+    packer = Packer(out, args.seq_len, args.samples_per_shard, separator_id, dtype, settings_sha, progress,
+                    templated=args.add_special_tokens)
     _tokenize_all(args, tokenizer, packer)
     dropped = packer.finish()
     if not packer.shards:

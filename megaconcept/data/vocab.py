@@ -1,4 +1,5 @@
-"""Vocabulary-level tables the masking strategies read: which ids are special, which tokens start a word.
+"""Vocabulary-level tables the masking strategies read: which ids are special, which tokens start a word;
+and which token ends each document in packed shards (:func:`document_separator`).
 
 Computed once per run from the shards' tokenizer (a table over the vocabulary, never a [B, N, N] tensor):
 
@@ -11,10 +12,16 @@ Computed once per run from the shards' tokenizer (a table over the vocabulary, n
   Special tokens are words of their own (they start one, and the token after them starts another; the
   strategies apply the second rule per row). Punctuation and digits without a leading space continue the
   word before them, as the tokenizer's own offsets would ("e.g." and "2024" are one word each).
+
+The document separator is read from the tokenizer itself (the shards' copy, a checkpoint's, an export's), so
+sharding, training and the evals agree on it without other bookkeeping: the token recorded under
+``SEPARATOR_KEY`` in tokenizer_config.json (a ``--separator-token`` the user named), else eos (GPT-2, SmolLM2,
+RoBERTa's ``</s>``, T5), else sep (BERT's ``[SEP]``, ModernBERT).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -22,6 +29,9 @@ from transformers import PreTrainedTokenizerBase
 BYTE_LEVEL_STARTS = ("Ġ", "Ċ", "ĉ")
 SENTENCEPIECE_START = "▁"
 WORDPIECE_CONTINUATION = "##"
+SEPARATOR_KEY = "document_separator"
+"""tokenizer_config.json key naming the separator when it is not the tokenizer's eos / sep (kept by save_pretrained,
+so it travels with the tokenizer into checkpoints and exports)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,21 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids = set(tokenizer.all_special_ids)
     ids.update(i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special)
     return sorted(i for i in ids if i is not None and 0 <= i < len(tokenizer))
+
+
+def document_separator(tokenizer: PreTrainedTokenizerBase) -> Optional[tuple[str, int]]:
+    """(token, id) that ends every document in packed shards; None when the tokenizer has none (see the module
+    docstring for the order). A recorded token that is no longer in the vocabulary counts as none."""
+    recorded = getattr(tokenizer, "init_kwargs", {}).get(SEPARATOR_KEY)
+    for token in (recorded, tokenizer.eos_token, tokenizer.sep_token):
+        if token:
+            index = tokenizer.convert_tokens_to_ids(str(token))
+            # convert_tokens_to_ids answers unk's id (or None) for a token outside the vocabulary.
+            if index is not None and tokenizer.convert_ids_to_tokens(index) == str(token):
+                return str(token), int(index)
+            if token == recorded:
+                return None
+    return None
 
 
 def tokenizer_family(tokens: list[str]) -> str:

@@ -62,9 +62,9 @@ class ContrastiveObjective(Objective):
         self.projection = (nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
                            if cfg.projection else nn.Identity())
 
-    def batch_maker(self, eos_id: int, seq_len: int) -> DocumentViews:
-        """What the data workers add to each batch for this term."""
-        return DocumentViews(eos_id, self.cfg.view_tokens or seq_len // 2, self.cfg.min_tokens)
+    def batch_maker(self, separator_id: int, seq_len: int) -> DocumentViews:
+        """What the data workers add to each batch for this term (documents end with `separator_id`)."""
+        return DocumentViews(separator_id, self.cfg.view_tokens or seq_len // 2, self.cfg.min_tokens)
 
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) view -> (B, D) unit-norm embedding of its pooled concepts."""

@@ -1,6 +1,7 @@
 """Two views of one document per packed sample, for contrastive terms (made in the data workers).
 
-A packed sample concatenates documents separated by EOS. Its longest document (its longest EOS-free run) is
+A packed sample concatenates documents, each ended by the shards' separator id (eos, or BERT's [SEP]: the
+manifest's `separator_id`). Its longest document (its longest separator-free run) is
 cut into two adjacent halves: view a = the first half, view b = the second, each at most `view_tokens` long
 (the halves are taken around the cut, so the two views touch). Samples whose longest document is shorter than
 `min_tokens` have no pair (`view_valid` False): the term leaves them out as anchors and as negatives.
@@ -21,7 +22,8 @@ VIEW_KEYS = ("view_a_ids", "view_a_mask", "view_b_ids", "view_b_mask", "view_val
 class DocumentViews:
     """Picklable: it travels to the loader workers with the collator."""
 
-    eos_id: int
+    separator_id: int
+    """The id that ends each document (the shards' manifest `separator_id`)."""
     view_tokens: int
     min_tokens: int
 
@@ -30,7 +32,7 @@ class DocumentViews:
         out = {key: torch.zeros(batch, length, dtype=torch.long) for key in VIEW_KEYS[:4]}
         out["view_valid"] = torch.zeros(batch, dtype=torch.bool)
         for row in range(batch):
-            start, end = longest_document(ids[row], self.eos_id)
+            start, end = longest_document(ids[row], self.separator_id)
             if end - start < max(2, self.min_tokens):
                 continue
             cut = (start + end) // 2
@@ -41,10 +43,10 @@ class DocumentViews:
         return out
 
 
-def longest_document(row: torch.Tensor, eos_id: int) -> tuple[int, int]:
-    """[start, end) of the longest run of non-EOS ids in `row` (N,); the first one on ties; (0, 0) if none."""
-    eos = torch.nonzero(row == eos_id).flatten().tolist()
-    bounds = [-1, *eos, row.numel()]
+def longest_document(row: torch.Tensor, separator_id: int) -> tuple[int, int]:
+    """[start, end) of the longest run of non-separator ids in `row` (N,); the first one on ties; (0, 0) if none."""
+    ends = torch.nonzero(row == separator_id).flatten().tolist()
+    bounds = [-1, *ends, row.numel()]
     spans = [(left + 1, right) for left, right in zip(bounds, bounds[1:])]
     start, end = max(spans, key=lambda s: s[1] - s[0])
     return (start, end) if end > start else (0, 0)

@@ -47,9 +47,9 @@ def test_mask_token_new_id_is_old_length(tmp_path: Path) -> None:
     assert (reloaded.mask_token_id, len(reloaded), reloaded.pad_token_id) == (3, 4, 0)
 
 
-def test_missing_eos_is_a_clear_error(tiny_tokenizer_dir: Path) -> None:
+def test_missing_separator_is_a_clear_error(tiny_tokenizer_dir: Path) -> None:
     tokenizer = _bare_tokenizer(tiny_tokenizer_dir)
-    with pytest.raises(ValueError, match="no eos token"):
+    with pytest.raises(ValueError, match="'tiny' has neither an eos nor a sep token.*--separator-token"):
         ensure_special_tokens(tokenizer, "tiny")
 
 
