@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from .common import EvalError, load_model, read_config
+from .common import EvalError, load_model, read_config, separator_id
 from .glue_finetune import FinetuneConfig, training_args
 
 # Answer type -> the answer text qasper's references use for it (spans are the document's own text).
@@ -56,11 +56,12 @@ class Encoded:
 
 
 def encode_qa(tokenizer: Any, query: str, document: str, max_length: int) -> Encoded:
-    """`question <eos> document <eos>` within max_length tokens: the question keeps at most half the budget
-    when the pair overflows (the longest-first rule of common.encode), the document takes the rest."""
+    """`question <sep> document <sep>` (sep: the pretraining document separator) within max_length tokens: the
+    question keeps at most half the budget when the pair overflows (the longest-first rule of common.encode), the
+    document takes the rest."""
     if not tokenizer.is_fast:
         raise EvalError("qasper needs a fast tokenizer: spans map back to text through its offset mapping")
-    eos = tokenizer.eos_token_id
+    eos = separator_id(tokenizer)
     q = tokenizer(query, add_special_tokens=False)["input_ids"]
     d = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
     budget = max_length - 2

@@ -84,6 +84,7 @@ RANGES: dict[str, Allowed] = {
     "model.num_layers": count(1),
     "model.num_heads": count(1),
     "model.mlp_ratio": above(0.0),
+    "model.slot_iterations": count(1),
     "model.decoder_layers": count(1),
     "model.max_position_embeddings": count(1),
     "model.dropout": within(0.0, 1.0, high_open=True),

@@ -99,6 +99,11 @@ class TrainSection:
     """Learning-rate multiplier for the token path: backbone layers and the token embedding (what a warm start loads)."""
     backbone_freeze_steps: int = 0
     """The token path (backbone and token embedding) stays fixed (lr 0) for the first K optimizer steps."""
+    init_encoder_from: Optional[str] = None
+    """Warm start of the encoder (token embedding, backbone, concepts and concept layers) from a trained model of
+    the same encoder shape: an exported folder (python -m megaconcept.export) or a run / checkpoint directory;
+    e.g. a diffusion run starting from an MLM run. Decoder, bottleneck and LM head start fresh; a resume ignores
+    it (the checkpoint holds every weight)."""
     activation_checkpointing: bool = False
     """Recompute each backbone and concept layer in backward instead of keeping its activations."""
     compile: bool = False

@@ -19,6 +19,10 @@ def _heads_divide(cfg: RunConfig) -> Optional[str]:
     m = cfg.model
     if m.concept_dim % m.num_heads:
         return f"model.concept_dim={m.concept_dim} is not divisible by model.num_heads={m.num_heads}; pick heads dividing it"
+    if m.concept_positions == "rope" and m.head_dim % 2:
+        # RoPE rotates pairs of features within a head.
+        return (f"model.concept_positions=rope needs an even head dim; model.concept_dim={m.concept_dim} / "
+                f"model.num_heads={m.num_heads} = {m.head_dim}")
     return None
 
 
@@ -35,9 +39,11 @@ def _choices(cfg: RunConfig) -> Optional[str]:
         "train.precision": (cfg.train.precision, ("auto", "bf16", "fp32")),
         "logging.wandb_mode": (cfg.logging.wandb_mode, ("offline", "online", "disabled")),
     }
+    from ..model.concept_positions import CONCEPT_POSITIONS
     from ..objectives.cross_entropy import CHOICES
 
     allowed["objective.cross_entropy"] = (cfg.objective.cross_entropy, CHOICES)
+    allowed["model.concept_positions"] = (cfg.model.concept_positions, CONCEPT_POSITIONS)
     for key, (value, valid) in allowed.items():
         if value not in valid:
             return f"{key}={value!r} is not one of {', '.join(valid)}"
@@ -47,11 +53,13 @@ def _choices(cfg: RunConfig) -> Optional[str]:
 def _registries(cfg: RunConfig) -> Optional[str]:
     # Imported here: the registries live with their components, the config only names them.
     from ..model.decoders import DECODERS, POSITION_QUERIES
+    from ..model.encoder import CONCEPT_LAYERS
     from ..model.layers import ATTENTION
     from ..objectives.masking import MASKING
 
     for value, registry in ((cfg.model.decoder, DECODERS), (cfg.model.decoder_positions, POSITION_QUERIES),
-                            (cfg.model.attention, ATTENTION), (cfg.objective.masking.strategy, MASKING)):
+                            (cfg.model.attention, ATTENTION), (cfg.model.concept_layer, CONCEPT_LAYERS),
+                            (cfg.objective.masking.strategy, MASKING)):
         if value not in registry:
             return f"{registry.key}={value!r} is unknown; valid: {', '.join(registry.keys())}"
     return None
@@ -150,6 +158,42 @@ def _bottleneck(cfg: RunConfig) -> Optional[str]:
     return None
 
 
+def _diffusion(cfg: RunConfig) -> Optional[str]:
+    """Masked diffusion: the terms, the masking and the decoder options must agree (see diffusion_decoder.py)."""
+    from ..model.decoders import DECODERS
+    from ..model.registry import RegistryError
+    from ..objectives.base import OBJECTIVES
+    from ..objectives.masking import MASKING
+
+    m, mk = cfg.model, cfg.objective.masking
+    for name, values in cfg.objective.terms.items():
+        kind = values.get("kind", name) if isinstance(values, Mapping) else None
+        need = OBJECTIVES[kind].requires_masking if kind in OBJECTIVES else None
+        if need and mk.strategy != need:
+            return (f"objective.terms.{name} reads the batch keys of objective.masking.strategy={need}, not "
+                    f"{mk.strategy}; set objective.masking.strategy={need}")
+    if mk.strategy == "diffusion" and (mk.schedule != "constant" or mk.mask_later):
+        return ("objective.masking.strategy=diffusion draws its own masking level per sample: it takes no rate "
+                "schedule and no mask_later; set objective.masking.schedule=constant and mask_later=false")
+    try:
+        options = DECODERS.options(m.decoder, m.decoder_options, "model.decoder_options")
+        masking = MASKING.options(mk.strategy, mk.options, "objective.masking.options")
+    except RegistryError as exc:
+        return str(exc)
+    decode = getattr(masking, "decode", None)
+    if getattr(options, "self_attention", False) and decode != "all":
+        return ("model.decoder_options.self_attention=true needs every position decoded (the visible tokens are its "
+                "context): set objective.masking.strategy=diffusion and objective.masking.options.decode=all")
+    if getattr(options, "time_conditioning", False):
+        if mk.strategy != "diffusion":
+            return ("model.decoder_options.time_conditioning=true reads the masking level t of a diffusion batch; "
+                    "set objective.masking.strategy=diffusion")
+        if cfg.parallel.pipeline > 1:
+            return ("model.decoder_options.time_conditioning=true cannot run under parallel.pipeline>1 (the pipeline "
+                    "does not carry t to the decoder's stages); set parallel.pipeline=1 or time_conditioning=false")
+    return None
+
+
 def backbone_tensor_parallel_degree(cfg: RunConfig) -> int:
     """Largest TP degree splitting the backbone's query and kv heads (SmolLM2: gcd(9, 3) = 3); the concept
     heads must split the same way so one TP degree serves the whole model."""
@@ -208,6 +252,7 @@ RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("objective.masking.final_rate", "objective.masking.schedule_steps", "objective.masking.options"), _masking),
     (("objective.terms", "objective.weighting.options"), _objectives),
     (("model.bottleneck_options", "objective.terms", "parallel.pipeline"), _bottleneck),
+    (("model.decoder_options", "objective.terms", "objective.masking.options", "parallel.pipeline"), _diffusion),
     ((), _backbone_choices),
     (("model.backbone.num_layers", "model.backbone.source_layers"), _backbone_layers),
     (_BACKBONE_HEADS, _backbone_heads),

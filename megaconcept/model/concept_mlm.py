@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from .config import ConceptModelConfig
 from .decoders import build_decoder
 from .encoder import ConceptEncoder
 from .layers import init_weights
+from .sampling import InfillOptions, infill
 
 
 class ConceptOutputs(NamedTuple):
@@ -43,13 +44,16 @@ def all_positions(input_ids: torch.Tensor) -> torch.Tensor:
 def encode_decode(
     encoder: ConceptEncoder, decoder: Optional[nn.Module], input_ids: torch.Tensor,
     attention_mask: Optional[torch.Tensor], positions: Optional[torch.Tensor],
-    bottleneck: Optional[nn.Module] = None, sample: bool = False,
+    bottleneck: Optional[nn.Module] = None, sample: bool = False, decoder_input_ids: Optional[torch.Tensor] = None,
+    noise_level: Optional[torch.Tensor] = None,
 ) -> ConceptOutputs:
     """input_ids (B, N) -> concepts (B, C, D) and decoded states (B, M, D) at `positions` (B, M), default all N.
 
     Shared with the HF wrappers; with no decoder only the concepts are computed. The bottleneck (none when not
     given) sits between encoder and decoder: the decoder reads its sample when `sample` (the native model in
     training mode), else its mean (eval mode, every HF wrapper), so exported logits are deterministic.
+    decoder_input_ids (B, N): what a decoder that reads tokens reads, when it differs from what the encoder reads
+    (a diffusion batch whose encoder reads the clean text); noise_level (B,): t, for time-conditioned decoders.
     """
     encoded = encoder(input_ids, attention_mask)  # (B, C, D)
     # Nothing decoded, nothing sampled: a concepts-only forward draws no noise from the RNG.
@@ -60,7 +64,9 @@ def encode_decode(
     if positions is None:
         decoder.check_length(input_ids.shape[1])
         positions = all_positions(input_ids)
-    result = decoder(decoded, positions, decoder_token_inputs(decoder, encoder.token_embed, input_ids, positions))
+    token_ids = input_ids if decoder_input_ids is None else decoder_input_ids
+    result = decoder(decoded, positions, decoder_token_inputs(decoder, encoder.token_embed, token_ids, positions),
+                     noise_level=noise_level, attention_mask=attention_mask)
     return ConceptOutputs(concepts, result.states, {**result.aux, **aux})
 
 
@@ -112,17 +118,36 @@ class ConceptMLM(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         positions: Optional[torch.Tensor] = None,
         decode: bool = True,
+        decoder_input_ids: Optional[torch.Tensor] = None,
+        noise_level: Optional[torch.Tensor] = None,
     ) -> ConceptOutputs:
         """input_ids (B, N); positions (B, M) to decode (default: all N); decode=False: concepts only.
-        In training mode the decoder reads the bottleneck's sample, in eval mode its mean."""
+        In training mode the decoder reads the bottleneck's sample, in eval mode its mean. decoder_input_ids and
+        noise_level: see encode_decode (a diffusion batch's keys)."""
         return encode_decode(self.encoder, self.decoder if decode else None, input_ids, attention_mask, positions,
-                             bottleneck=self.bottleneck, sample=self.training)
+                             bottleneck=self.bottleneck, sample=self.training, decoder_input_ids=decoder_input_ids,
+                             noise_level=noise_level)
 
     def pipeline_units(self) -> list[nn.Module]:
         """Everything between the token embedding and the LM head as pipeline units (megaconcept.model.units):
         (embeddings (B, N, Dt), positions (B, M)) -> (states (B, M, Dout), concepts (B, C, D), *aux in aux_names
         order)."""
         return [*self.encoder.pipeline_units(), *self.bottleneck.pipeline_units(self.decoder.pipeline_units())]
+
+    @torch.no_grad()
+    def infill(self, input_ids: torch.Tensor, mask_token_id: int, attention_mask: Optional[torch.Tensor] = None,
+               forbidden_ids: Sequence[int] = (), **options: Any) -> torch.Tensor:
+        """Fill every `mask_token_id` of input_ids (B, N) by iterative unmasking (sampling.infill; options: steps,
+        temperature, block_length, remasking, seed), in eval mode (the bottleneck's mean), as the export does."""
+        was_training = self.training
+        self.eval()
+        try:
+            def logits(ids: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+                return self.logits(self(ids, attention_mask, noise_level=level).states)
+
+            return infill(logits, input_ids, mask_token_id, InfillOptions(**options), attention_mask, forbidden_ids)
+        finally:
+            self.train(was_training)
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """states (..., D) -> logits (..., V). Only for small inputs (inference, export)."""

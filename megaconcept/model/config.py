@@ -66,9 +66,23 @@ class ConceptModelConfig:
     """Attention heads in encoder and decoder (concept_dim must be divisible by it)."""
     mlp_ratio: float = 2.75
     """Gated-MLP hidden size as a multiple of concept_dim (rounded up to a multiple of 64)."""
+    concept_layer: str = "cross_attention"
+    """Concept layer registry key (megaconcept.model.encoder.CONCEPT_LAYERS): cross_attention = each concept's
+    softmax over the tokens; slot = slot attention, a softmax over the concepts for each token (concepts compete
+    for tokens), iterated slot_iterations times with a GRU update (megaconcept.model.slot). Configs written
+    before the field read as cross_attention."""
+    slot_iterations: int = 3
+    """K, the weight-tied slot-attention iterations per concept layer (concept_layer=slot only). May differ at
+    inference: exported models take from_pretrained(dir, slot_iterations=K) or forward(..., slot_iterations=K)."""
+    concept_positions: str = "none"
+    """Positions over the concept index in the concepts' self-attention: none = concepts are an unordered set;
+    rope = RoPE over the index 0..C-1 (base 10000, per head; needs an even concept_dim / num_heads)."""
     decoder: str = "perceiver_posonly"
     """Decoder registry key (megaconcept.model.decoders.DECODERS): perceiver_posonly | perceiver_mlm | weighted |
-    sim_matrix."""
+    sim_matrix | diffusion."""
+    decoder_options: Optional[dict[str, Any]] = None
+    """The decoder's own options (diffusion: time_conditioning, self_attention, max_self_attention_length); null =
+    its defaults. Configs written before the field read as null."""
     decoder_layers: int = 1
     """Decoder layers: position queries cross-attend to the concepts."""
     decoder_positions: str = "learned"

@@ -8,6 +8,8 @@
                        token's embedding through an MLP), mixed per position by a sigmoid gate; the LM head is
                        linear, so mixing the states mixes the two paths' logits: g * concept + (1 - g) * token.
                        The gate's mean and entropy are logged; objective.terms.gate can push it.
+    diffusion          masked diffusion (diffusion_decoder.py): perceiver_mlm's queries over the noisy tokens, optional
+                       token self-attention and AdaLN-Zero timestep conditioning (model.decoder_options)
 
 Every decoder takes (concepts (B, C, D), positions (B, M)[, token_inputs (B, M, Dt)]) and returns a
 DecoderResult; positions never attend to each other, so decoding only the masked positions (sparse decoding)
@@ -101,6 +103,15 @@ class QueryDecoder(nn.Module):
         """Modules `output` uses besides norm and out_proj (the pipeline's output unit holds them)."""
         return []
 
+    def layer_modules(self, index: int) -> list[nn.Module]:
+        """Modules layer `index` uses besides its cross-attention and MLP (its pipeline unit holds them)."""
+        return []
+
+    def layer_context(self, concepts: torch.Tensor, positions: torch.Tensor, noise_level: Optional[torch.Tensor],
+                      attention_mask: Optional[torch.Tensor]) -> dict:
+        """Keyword arguments every `layer` call of one forward gets besides (index, states, concepts); none here."""
+        return {}
+
     def queries(self, concepts: torch.Tensor, positions: torch.Tensor, token_inputs: Optional[torch.Tensor]) -> torch.Tensor:
         """-> queries (B, M, D): the position queries."""
         return self.position_queries(positions).to(concepts.dtype)
@@ -118,14 +129,16 @@ class QueryDecoder(nn.Module):
         """Scalars named by stat_names, from this decoder's aux tensors (logged as decoder/<name>)."""
         return {}
 
-    def forward(self, concepts: torch.Tensor, positions: torch.Tensor,
-                token_inputs: Optional[torch.Tensor] = None) -> DecoderResult:
-        """concepts (B, C, D), positions (B, M) int[, token_inputs (B, M, Dt)] -> DecoderResult."""
+    def forward(self, concepts: torch.Tensor, positions: torch.Tensor, token_inputs: Optional[torch.Tensor] = None,
+                noise_level: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None) -> DecoderResult:
+        """concepts (B, C, D), positions (B, M) int[, token_inputs (B, M, Dt)] -> DecoderResult. noise_level (B,)
+        (a diffusion batch's t) and attention_mask (B, N) reach decoders whose layer_context uses them."""
         if self.uses_tokens and token_inputs is None:
             raise ValueError(f"{type(self).__name__} needs token_inputs (the input token embeddings at the positions)")
         states = self.queries(concepts, positions, token_inputs)  # (B, M, D)
+        context = self.layer_context(concepts, positions, noise_level, attention_mask)
         for index in range(len(self.mlp)):
-            states = self.layer(index, states, concepts)
+            states = self.layer(index, states, concepts, **context)
         return self.output(states, token_inputs)
 
     def pipeline_units(self) -> list[nn.Module]:
@@ -157,6 +170,7 @@ class DecoderLayerUnit(StageUnit):
         self.decoder, self.index = (decoder,), index
         self.cross = decoder.cross[index] if decoder.cross is not None else None
         self.mlp = decoder.mlp[index]
+        self.layer_parts = nn.ModuleList(decoder.layer_modules(index))
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         states, concepts, *rest = inputs
@@ -272,4 +286,11 @@ DECODERS.add("sim_matrix", SimMatrixDecoder)
 
 
 def build_decoder(cfg: ConceptModelConfig) -> nn.Module:
+    """The configured decoder; an unknown key or option (model.decoder_options) is a one-line RegistryError."""
+    DECODERS.options(cfg.decoder, cfg.decoder_options, "model.decoder_options")
     return DECODERS[cfg.decoder](cfg)
+
+
+# Registers `diffusion`. A `from .module import` line: transformers copies an exported folder's remote code by
+# following exactly this form of import, and this file is shipped with the export.
+from .diffusion_decoder import DiffusionDecoder as _DiffusionDecoder  # noqa: E402,F401

@@ -3,6 +3,8 @@
 Cost per concept layer is O(C*N) for the cross-attention and O(C^2) among concepts, never O(N^2). Token
 states come either straight from embeddings + learned positions, or from a Llama-style backbone (RoPE)
 whose last state (layout "last") or intermediate states (layout "interleaved") the concept layers read.
+How concepts read tokens is a registry (CONCEPT_LAYERS, model.concept_layer): one cross-attention softmax over the
+tokens, or slot attention (megaconcept.model.slot), where the concepts compete for each token.
 """
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+# ReadPositions is imported from here too (hf_modeling): it lived in this file before slot layers shared it.
+from .concept_positions import ReadPositions, concept_rotary, read_positions  # noqa: F401
 from .config import ConceptModelConfig
-from .layers import CrossAttentionBlock, MLPBlock, SelfAttentionBlock, sinusoidal_features
+from .layers import CrossAttentionBlock, MLPBlock, SelfAttentionBlock
+from .registry import Registry
+from .slot import SlotConceptLayer
 from .units import BackboneUnit, ConceptUnit, EncoderInput, EncoderOutput
 
 
@@ -28,40 +33,23 @@ class EncoderTrace(NamedTuple):
     hidden_states: tuple[torch.Tensor, ...]
     """(B, C, D) the concept queries, then the concepts after each concept layer (before the final norm)."""
     attentions: tuple[torch.Tensor, ...]
-    """(B, H, C, N) fp32 per concept layer: each concept's cross-attention over the tokens (padding exactly 0)."""
-
-
-class ReadPositions(nn.Module):
-    """Adds an absolute-position signal to the backbone states one concept layer reads.
-
-    RoPE rotates queries and keys inside the backbone's attention and leaves no absolute position in its
-    states, yet the MLM decoder asks the concepts for the token *at position p*. Fixed sinusoidal features
-    (any length, like RoPE) go through a learned projection that starts at zero, so a warm-started
-    backbone's states reach the concept layers unchanged at step 0 and the model learns how much position
-    to mix in. A plain parameter rather than nn.Linear: generic re-initialisation never touches its zeros.
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(dim, dim))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, N, Dt) -> tokens + P(sinusoid) (B, N, Dt)."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        features = sinusoidal_features(positions, tokens.shape[-1], tokens.dtype)
-        return tokens + F.linear(features, self.weight.to(tokens.dtype))
+    """(B, H, C, N) fp32 per concept layer, padding exactly 0. cross_attention: each concept's attention over the
+    tokens (rows sum to 1); slot: the last iteration's softmax over the concepts (each real token's column sums
+    to 1 over C)."""
 
 
 class ConceptLayer(nn.Module):
     """concepts <- tokens cross-attention, concept self-attention, gated MLP (all pre-norm residual)."""
 
+    iterates = False
+    """One pass: there is no iteration count to override."""
+
     def __init__(self, cfg: ConceptModelConfig) -> None:
         super().__init__()
         d, h, eps, p = cfg.concept_dim, cfg.num_heads, cfg.norm_eps, cfg.dropout
-        use_positions = cfg.backbone.enabled and cfg.backbone.read_positions == "sinusoidal"
-        self.read_positions = ReadPositions(cfg.token_dim) if use_positions else None
+        self.read_positions = read_positions(cfg)
         self.cross = CrossAttentionBlock(d, h, eps, p, cfg.attention, kv_dim=cfg.token_dim)
-        self.self_attn = SelfAttentionBlock(d, h, eps, p, cfg.attention)
+        self.self_attn = SelfAttentionBlock(d, h, eps, p, cfg.attention, rotary=concept_rotary(cfg))
         self.mlp = MLPBlock(d, cfg.mlp_dim, eps, p)
 
     def forward(self, concepts: torch.Tensor, tokens: torch.Tensor, token_mask: Optional[torch.Tensor],
@@ -79,6 +67,14 @@ class ConceptLayer(nn.Module):
         return concepts if weights is None else (concepts, weights)
 
 
+CONCEPT_LAYERS: Registry[type[nn.Module]] = Registry("model.concept_layer")
+"""Concept layer kinds. Each is built from the model config and called as layer(concepts (B, C, D), tokens
+(B, N, Dt), token_mask (B, N) | None, return_weights=False) -> concepts (B, C, D) [, weights (B, H, C, N)],
+which is all ConceptUnit (pipeline) and trace need; `iterates` layers also take `iterations`."""
+CONCEPT_LAYERS.add("cross_attention", ConceptLayer)
+CONCEPT_LAYERS.add("slot", SlotConceptLayer)
+
+
 def read_depths(cfg: ConceptModelConfig) -> list[int]:
     """Backbone depth each concept layer reads: all the last one, or spread evenly when interleaved."""
     depth, layers = cfg.backbone.num_layers, cfg.num_layers
@@ -88,7 +84,8 @@ def read_depths(cfg: ConceptModelConfig) -> list[int]:
 
 
 class ConceptEncoder(nn.Module):
-    """Token embedding (+ backbone or learned positions) -> stack of :class:`ConceptLayer` -> normed concepts."""
+    """Token embedding (+ backbone or learned positions) -> stack of concept layers (CONCEPT_LAYERS) -> normed
+    concepts."""
 
     tensor_parallel_plan = {"token_embed": "vocab"}
 
@@ -100,7 +97,8 @@ class ConceptEncoder(nn.Module):
         self.position_embed = None if self.backbone else nn.Embedding(cfg.max_position_embeddings, cfg.token_dim)
         self.concepts = nn.Parameter(torch.randn(cfg.num_concepts, cfg.concept_dim) * cfg.concept_init_std)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(ConceptLayer(cfg) for _ in range(cfg.num_layers))
+        layer = CONCEPT_LAYERS[cfg.concept_layer]
+        self.layers = nn.ModuleList(layer(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.concept_dim, eps=cfg.norm_eps)
         self.depths = read_depths(cfg) if self.backbone else None
 
@@ -130,22 +128,37 @@ class ConceptEncoder(nn.Module):
             return [tokens] * len(self.layers)
         return [self.dropout(t) for t in self.backbone(tokens, attention_mask, capture=self.depths)]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """input_ids (B, N), attention_mask (B, N) 1 = real token -> concepts (B, C, D)."""
+    def layer_options(self, slot_iterations: Optional[int]) -> dict[str, int]:
+        """Keyword arguments for the concept layers: an inference-time K for slot layers (None: the config's)."""
+        if slot_iterations is None:
+            return {}
+        if not all(getattr(layer, "iterates", False) for layer in self.layers):
+            raise ValueError(f"slot_iterations={slot_iterations} applies to model.concept_layer=slot only; this "
+                             f"model's concept layers are {type(self.layers[0]).__name__}")
+        return {"iterations": slot_iterations}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                slot_iterations: Optional[int] = None) -> torch.Tensor:
+        """input_ids (B, N), attention_mask (B, N) 1 = real token -> concepts (B, C, D); slot_iterations
+        overrides model.slot_iterations (slot layers only)."""
+        options = self.layer_options(slot_iterations)
         reads = self.token_states(input_ids, attention_mask)
         concepts = self.initial_concepts(reads[0])  # (B, C, D)
         for layer, tokens in zip(self.layers, reads):
-            concepts = layer(concepts, tokens, attention_mask)
+            concepts = layer(concepts, tokens, attention_mask, **options)
         return self.norm(concepts)
 
-    def trace(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> EncoderTrace:
+    def trace(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+              slot_iterations: Optional[int] = None) -> EncoderTrace:
         """forward, keeping what analysis needs: the concepts entering and leaving every layer and each layer's
-        cross-attention weights (exact: eager softmax; HF's output_hidden_states / output_attentions)."""
+        attention weights over the tokens (exact: eager softmax; HF's output_hidden_states / output_attentions;
+        for slot layers the last iteration's softmax over the concepts, see EncoderTrace.attentions)."""
+        options = self.layer_options(slot_iterations)
         reads = self.token_states(input_ids, attention_mask)
         concepts = self.initial_concepts(reads[0])
         hidden, attentions = [concepts], []
         for layer, tokens in zip(self.layers, reads):
-            concepts, weights = layer(concepts, tokens, attention_mask, return_weights=True)
+            concepts, weights = layer(concepts, tokens, attention_mask, return_weights=True, **options)
             hidden.append(concepts)
             attentions.append(weights)
         return EncoderTrace(self.norm(concepts), tuple(hidden), tuple(attentions))

@@ -35,7 +35,12 @@ class MegaconceptConfig(PretrainedConfig):
     num_layers: int = _DEFAULTS.num_layers
     num_heads: int = _DEFAULTS.num_heads
     mlp_ratio: float = _DEFAULTS.mlp_ratio
+    concept_layer: str = _DEFAULTS.concept_layer
+    slot_iterations: int = _DEFAULTS.slot_iterations
+    """K of slot layers; `from_pretrained(dir, slot_iterations=K)` builds the model with another K."""
+    concept_positions: str = _DEFAULTS.concept_positions
     decoder: str = _DEFAULTS.decoder
+    decoder_options: Optional[dict] = _DEFAULTS.decoder_options
     decoder_layers: int = _DEFAULTS.decoder_layers
     decoder_positions: str = _DEFAULTS.decoder_positions
     bottleneck: str = _DEFAULTS.bottleneck

@@ -8,7 +8,7 @@ Shipped flat in the exported folder: imports are transformers, torch and sibling
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from .concept_mlm import all_positions, decoder_token_inputs, encode_decode, hea
 from .decoders import build_decoder
 from .encoder import ConceptEncoder, ReadPositions
 from .hf_configuration import MegaconceptConfig
+from .sampling import InfillOptions, infill
 
 try:
     # transformers >= 5: init functions that skip tensors already loaded from a checkpoint.
@@ -37,7 +38,7 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
     config_class = MegaconceptConfig
     base_model_prefix = "megaconcept"
     main_input_name = "input_ids"
-    _no_split_modules = ["ConceptLayer"]
+    _no_split_modules = ["ConceptLayer", "SlotConceptLayer"]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.token_embed
@@ -46,16 +47,18 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
         self.encoder.token_embed = value
 
     def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], output_attentions: Optional[bool],
-               output_hidden_states: Optional[bool]) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
+               output_hidden_states: Optional[bool], slot_iterations: Optional[int] = None
+               ) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
         """Concepts (B, C, D) after the bottleneck's mean (deterministic: an exported model never samples), and
         when asked the encoder's per-layer concepts and cross-attention weights (see ConceptEncoder.trace); the
-        flags default to the config's, as in every transformers model."""
+        flags default to the config's, as in every transformers model. slot_iterations: K for slot layers in
+        this call (None: config.slot_iterations)."""
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
         if not (output_attentions or output_hidden_states):
-            return self.bottleneck.mean(self.encoder(input_ids, attention_mask)), None, None
-        trace = self.encoder.trace(input_ids, attention_mask)
+            return self.bottleneck.mean(self.encoder(input_ids, attention_mask, slot_iterations)), None, None
+        trace = self.encoder.trace(input_ids, attention_mask, slot_iterations)
         return (self.bottleneck.mean(trace.concepts), trace.hidden_states if output_hidden_states else None,
                 trace.attentions if output_attentions else None)
 
@@ -97,15 +100,18 @@ class MegaconceptModel(MegaconceptPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        slot_iterations: Optional[int] = None,
         **kwargs: Any,
     ) -> Union[BaseModelOutput, tuple[torch.Tensor, ...]]:
         """input_ids (B, N), attention_mask (B, N) 1 = real token -> concepts (B, C, D) as last_hidden_state.
 
         output_hidden_states: the concepts entering and leaving each concept layer, (B, C, D) each;
         output_attentions: each concept layer's cross-attention of the concepts over the tokens, (B, H, C, N)
-        fp32 (exact softmax, padding 0). Extra tokenizer outputs (e.g. token_type_ids) are ignored.
+        fp32 (exact softmax, padding 0; slot layers: the softmax over the concepts). slot_iterations: K for
+        slot layers in this call. Extra tokenizer outputs (e.g. token_type_ids) are ignored.
         """
-        concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
+        concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states,
+                                                   slot_iterations)
         if return_dict is False:
             return tuple(x for x in (concepts, hidden, attentions) if x is not None)
         return BaseModelOutput(last_hidden_state=concepts, hidden_states=hidden, attentions=attentions)
@@ -149,18 +155,24 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        slot_iterations: Optional[int] = None,
+        noise_level: Optional[torch.Tensor] = None,
         **kwargs: Any,
     ) -> Union[MaskedLMOutput, tuple[torch.Tensor, ...]]:
         """input_ids (B, N), attention_mask (B, N), labels (B, N) with -100 = ignore -> logits (B, N, V).
 
         hidden_states / attentions are the encoder's (see MegaconceptModel): the concepts per layer and their
-        cross-attention over the tokens. Extra tokenizer outputs (e.g. token_type_ids) are ignored.
+        cross-attention over the tokens. slot_iterations: K for slot layers in this call (None: the config's).
+        noise_level (B,): the masking level t for a time-conditioned diffusion decoder. Extra tokenizer outputs
+        (e.g. token_type_ids) are ignored.
         """
-        concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
+        concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states,
+                                                   slot_iterations)
         self.decoder.check_length(input_ids.shape[1])
         positions = all_positions(input_ids)
         states = self.decoder(concepts, positions, decoder_token_inputs(self.decoder, self.encoder.token_embed,
-                                                                        input_ids, positions)).states  # (B, N, D)
+                                                                        input_ids, positions),
+                              noise_level=noise_level, attention_mask=attention_mask).states  # (B, N, D)
         logits = F.linear(states, self.output_embedding(), self.lm_bias)  # (B, N, V)
         loss = None
         if labels is not None:
@@ -169,6 +181,22 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         if return_dict is False:
             return tuple(x for x in (loss, logits, hidden, attentions) if x is not None)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
+
+    @torch.no_grad()
+    def infill(self, input_ids: torch.Tensor, mask_token_id: int, attention_mask: Optional[torch.Tensor] = None,
+               forbidden_ids: Sequence[int] = (), **options: Any) -> torch.Tensor:
+        """Fill every `mask_token_id` of input_ids (B, N) by iterative unmasking (sampling.infill; options: steps,
+        temperature, block_length, remasking, seed). Deterministic for a seed; the native model's infill gives
+        the same ids. forbidden_ids (e.g. the tokenizer's special ids) are never generated."""
+        was_training = self.training
+        self.eval()
+        try:
+            def logits(ids: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+                return self(input_ids=ids, attention_mask=attention_mask, noise_level=level).logits
+
+            return infill(logits, input_ids, mask_token_id, InfillOptions(**options), attention_mask, forbidden_ids)
+        finally:
+            self.train(was_training)
 
 
 class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):

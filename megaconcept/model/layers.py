@@ -49,7 +49,8 @@ class Attention(nn.Module):
     # Heads split across tensor-parallel ranks; the output projection sums the ranks' heads.
     tensor_parallel_plan = {"q_proj": "column", "k_proj": "column", "v_proj": "column", "o_proj": "row"}
 
-    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa", kv_dim: Optional[int] = None) -> None:
+    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa", kv_dim: Optional[int] = None,
+                 rotary: Optional[nn.Module] = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -61,6 +62,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(kv_dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
         self.attend = ATTENTION[backend]
+        # Optional (q, k) -> (q, k) rotation per head (concept_positions.ConceptRotary); holds no parameters.
+        self.rotary = rotary
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         # (B, L, D) -> (B, H, L, Dh)
@@ -75,6 +78,8 @@ class Attention(nn.Module):
         q = self._heads(self.q_proj(queries))
         k = self._heads(self.k_proj(keys_values))
         v = self._heads(self.v_proj(keys_values))
+        if self.rotary is not None:
+            q, k = self.rotary(q, k)
         mask = None if key_mask is None else key_mask[:, None, None, :].bool()
         if return_weights:
             weights = attention_weights(q, k, mask)
@@ -131,12 +136,14 @@ class CrossAttentionBlock(nn.Module):
 
 
 class SelfAttentionBlock(nn.Module):
-    """Pre-norm residual self-attention (used among the concepts: cost O(C^2), independent of N)."""
+    """Pre-norm residual self-attention (used among the concepts: cost O(C^2), independent of N); `rotary`
+    rotates queries and keys by position (concept_positions.ConceptRotary), None = no positions."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float, dropout: float, backend: str) -> None:
+    def __init__(self, dim: int, num_heads: int, eps: float, dropout: float, backend: str,
+                 rotary: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, backend)
+        self.attn = Attention(dim, num_heads, backend, rotary=rotary)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

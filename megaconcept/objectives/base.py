@@ -65,6 +65,8 @@ class Objective(nn.Module):
     nonnegative: bool = True
     """The loss is >= 0 for every input. Uncertainty weighting refuses a term without this (a signed or
     unbounded-below term lets it drive the total to -inf and silence every other term)."""
+    requires_masking: Optional[str] = None
+    """The objective.masking.strategy whose batch keys the term reads (None = any); config validation checks it."""
     runs_in_pipeline: bool = True
     """The term only reads the model's outputs and the batch. False for a term that runs the encoder itself
     (e.g. on other views): a pipeline's last stage, where the terms run, holds no encoder."""

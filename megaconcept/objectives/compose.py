@@ -8,7 +8,7 @@ with `kind` (two terms of one kind), and a null entry removes a default term (`o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional
 
 import torch
@@ -20,6 +20,7 @@ from .weighting import WEIGHTING
 from . import gate as _gate, mlm as _mlm, regularizers as _regularizers  # noqa: F401  (register the built-in terms)
 from . import contrastive as _contrastive  # noqa: F401
 from . import vae as _vae  # noqa: F401  (registers kl)
+from . import diffusion as _diffusion  # noqa: F401
 
 
 def term_configs(terms: Mapping[str, Any]) -> dict[str, tuple[str, TermConfig]]:
@@ -124,8 +125,15 @@ class ObjectiveSet(nn.Module):
         self.decoder_stats: tuple[str, ...] = getattr(decoder, "stat_names", ())
         self.step = 0
         """The optimizer step the next forward belongs to (the trainer sets it; warm-ups read it)."""
+        # A plain MLM term for probe_loss, with the run's kernel (vocab-parallel under TP); it owns no parameters.
+        self._probe = (OBJECTIVES["mlm"](OBJECTIVES.options("mlm"), replace(ctx, say=lambda _message: None)),)
         self.collected: list[dict[str, torch.Tensor]] = []
         """Metrics of forwards the trainer did not see returned (a pipeline's last stage): drained per step."""
+
+    def probe_loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The LM head's mean cross-entropy at batch["labels"] (the held-out fixed-masking number every run reports,
+        whatever its terms)."""
+        return self._probe[0](outputs, batch)["loss"]
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -158,9 +166,10 @@ class ObjectiveSet(nn.Module):
             metrics.update({f"decoder/{k}": stats[k].float() for k in self.decoder_stats})
         return total, metrics
 
-    def batch_makers(self, eos_id: int, seq_len: int) -> list[Any]:
-        """What the data workers add to each batch for the terms (their `batch_maker`), e.g. document views."""
-        return [term.batch_maker(eos_id, seq_len) for term in self.terms.values() if hasattr(term, "batch_maker")]
+    def batch_makers(self, separator_id: int, seq_len: int) -> list[Any]:
+        """What the data workers add to each batch for the terms (their `batch_maker`), e.g. document views;
+        `separator_id` ends each document in the shards (their manifest's `separator_id`)."""
+        return [term.batch_maker(separator_id, seq_len) for term in self.terms.values() if hasattr(term, "batch_maker")]
 
     def describe(self) -> str:
         parts = [f"{name} ({self.kinds[name]}, weight {cfg.weight}"

@@ -183,3 +183,4 @@ class MaskingCollator:
 
 
 from . import span_masking as _span  # noqa: E402,F401  (registers `span`)
+from . import diffusion_masking as _diffusion  # noqa: E402,F401  (registers `diffusion`)

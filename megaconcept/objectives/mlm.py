@@ -17,9 +17,10 @@ class MLMConfig(TermConfig):
     """objective.terms.mlm: weight and warm-up only; the kernel is objective.cross_entropy."""
 
 
-def choose_kernel(ctx: BuildContext) -> tuple[str, CrossEntropyFn]:
-    """The LM-head cross-entropy for this machine and layout (chosen once, when the term is built)."""
-    name = select_cross_entropy(ctx.cross_entropy, ctx.cuda, ctx.tensor_parallel_size > 1)
+def choose_kernel(ctx: BuildContext, weighted: bool = False) -> tuple[str, CrossEntropyFn]:
+    """The LM-head cross-entropy for this machine and layout (chosen once, when the term is built); weighted:
+    one that takes per-row weights."""
+    name = select_cross_entropy(ctx.cross_entropy, ctx.cuda, ctx.tensor_parallel_size > 1, weighted=weighted)
     if name == "vocab_parallel":
         return name, partial(vocab_parallel_chunked_cross_entropy, group=ctx.tensor_group)
     return name, CROSS_ENTROPY[name]
@@ -46,10 +47,18 @@ class MLMObjective(Objective):
         ctx.say(f"LM-head loss: {self.kernel_name}")
 
     def forward(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        states, labels = outputs.states, batch["labels"]  # (B, M, D), (B, M)
-        loss = self.kernel(states.flatten(0, 1), self._head_weight(), self._model[0].lm_bias, labels.flatten(),
-                           self.chunk_size)
-        return {"loss": loss, "targets": torch.tensor(float(labels.numel()), device=loss.device)}
+        states, labels = outputs.states, batch["labels"].flatten()  # (B, M, D), (B * M,)
+        # Rows labelled -100 pad samples with fewer targets (a diffusion batch): the mean runs over the real
+        # targets only. chunked/apex give -100 rows zero loss and liger averages over the rest itself; the
+        # vocab-parallel kernel has no ignore index, so it gets weight-0 rows with a valid id instead.
+        valid = labels >= 0
+        count = valid.sum()
+        kwargs: dict[str, Any] = {} if self.kernel_name == "liger" else {"normalizer": count.clamp(min=1)}
+        if self.kernel_name == "vocab_parallel":
+            labels, kwargs["row_weights"] = torch.where(valid, labels, 0), valid.to(torch.float32)
+        loss = self.kernel(states.flatten(0, 1), self._head_weight(), self._model[0].lm_bias, labels,
+                           self.chunk_size, **kwargs)
+        return {"loss": loss, "targets": count.to(torch.float32)}
 
 
 OBJECTIVES.add("mlm", MLMObjective, MLMConfig)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .compose import ObjectiveSet
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "positions")
+MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "decoder_input_ids", "noise_level")
 """Batch keys the model's forward takes; every other key is for the objectives."""
 
 
@@ -38,9 +38,13 @@ class PretrainModule(nn.Module):
         """The optimizer step the coming forwards belong to (weight warm-ups and schedules read it)."""
         self.objectives.step = step
 
-    def forward(self, score: bool = True, **batch: torch.Tensor) -> StepOutput:
-        """batch: input_ids (B, N), positions (B, M), labels (B, M), ...; score=False: outputs only."""
+    def forward(self, score: bool = True, probe: bool = False, **batch: torch.Tensor) -> StepOutput:
+        """batch: input_ids (B, N), positions (B, M), labels (B, M), ...; score=False: outputs only; probe=True: the
+        loss is the plain MLM cross-entropy at the labels whatever the run's terms (ObjectiveSet.probe_loss), inside
+        the forward, where ZeRO-3 has the LM head gathered."""
         outputs = self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        if probe:
+            return StepOutput(self.objectives.probe_loss(outputs, batch), {}, outputs)
         if not score:
             return StepOutput(None, {}, outputs)
         loss, metrics = self.objectives(outputs, batch)

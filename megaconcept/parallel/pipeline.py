@@ -27,9 +27,10 @@ EMBED_KEY = "token_embed"
 
 
 class TokenEmbedding(nn.Module):
-    """(input_ids, positions[, key mask]) -> (embeddings, positions[, decoder token inputs][, key mask]).
+    """(input_ids, positions[, decoder ids][, key mask]) -> (embeddings, positions[, decoder token inputs][, key mask]).
     Also the tied LM head's weight at the last stage. For a decoder that reads the input tokens, their
-    embeddings at the decoded positions are looked up here, where the embedding is (model.units)."""
+    embeddings at the decoded positions are looked up here, where the embedding is (model.units), from the decoder
+    ids split_micro_batch sends (a diffusion batch's decoder_input_ids, else the input ids again)."""
 
     def __init__(self, token_embed: nn.Module, decoder_reads_tokens: bool = False) -> None:
         super().__init__()
@@ -37,8 +38,11 @@ class TokenEmbedding(nn.Module):
         self.decoder_reads_tokens = decoder_reads_tokens
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        input_ids, positions, *mask = inputs
-        tokens = (self.token_embed(input_ids.gather(1, positions)),) if self.decoder_reads_tokens else ()
+        input_ids, positions, *rest = inputs
+        tokens, mask = (), rest
+        if self.decoder_reads_tokens:
+            decoder_ids, *mask = rest
+            tokens = (self.token_embed(decoder_ids.gather(1, positions)),)
         return (self.token_embed(input_ids), positions, *tokens, *mask)
 
 
@@ -150,13 +154,16 @@ def layer_names(module: nn.Module, layers: Iterable[Any]) -> dict[int, dict[str,
     return out
 
 
-def split_micro_batch(batch: dict[str, torch.Tensor], reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+def split_micro_batch(batch: dict[str, torch.Tensor], reads: tuple[str, ...], decoder_reads_tokens: bool = False,
+                      ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """A collated micro-batch as the engine takes it: (first-stage inputs, the last stage's objective inputs).
-    First-stage inputs: input_ids, positions and, when the batch has one, attention_mask (the key mask); keys
+    First-stage inputs: input_ids, positions, for a decoder that reads tokens the ids it reads (decoder_input_ids
+    when the batch has them, else input_ids), and, when the batch has one, attention_mask (the key mask); keys
     no objective reads (labels of a run without an MLM term) are not sent."""
     missing = sorted({"input_ids", "positions", *reads} - set(batch))
     if missing:
         raise ValueError(f"pipeline parallelism needs input_ids, positions and the objectives' {list(reads)}; "
                          f"the batch lacks {missing}")
-    first = tuple(batch[k] for k in ("input_ids", "positions", "attention_mask") if k in batch)
-    return first, tuple(batch[k] for k in reads)
+    decoder_ids = (batch.get("decoder_input_ids", batch["input_ids"]),) if decoder_reads_tokens else ()
+    mask = (batch["attention_mask"],) if "attention_mask" in batch else ()
+    return (batch["input_ids"], batch["positions"], *decoder_ids, *mask), tuple(batch[k] for k in reads)

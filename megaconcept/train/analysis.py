@@ -8,29 +8,38 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..analysis import concept_metrics
-from ..config.schema import AnalysisSection
+from ..config.schema import AnalysisSection, MaskingSection
 from ..data.heldout import heldout_ids
 from ..data.shards import Manifest
 from ..parallel import ParallelContext
 
 PREFIX = "concepts/"
 HELDOUT_MASK_SEED = 0x4E1D  # the same masked positions at every measurement, so losses compare across steps
+PROBE_MASKING = MaskingSection(strategy="bert", rate=0.15, mask_prob=1.0, random_prob=0.0)
+"""The masking of `heldout_mlm15`: 15% of positions, all replaced by the mask token, whatever the run trains
+(MLM at any rate, diffusion, other terms), so that number compares across runs on the same held-out data."""
 
 
 class ConceptMonitor:
     """Runs the trained module on the held-out batch: the concepts it returns for the clean text, and the
     objectives on a fixed masking of it (`heldout_loss` is the MLM term's loss when there is one, else the
     total; every term's loss is logged under heldout/). Every rank runs the forwards (ZeRO-3 gathers and
-    tensor-parallel layers need them all); rank 0 alone computes and reports the metrics."""
+    tensor-parallel layers need them all); rank 0 alone computes and reports the metrics. With `probe` (a
+    PROBE_MASKING collate) it also reports `heldout_mlm15`: the LM head's plain cross-entropy under that masking."""
 
     def __init__(self, cfg: AnalysisSection, manifest: Manifest, num_concepts: int, ctx: ParallelContext,
-                 collate: Callable[[torch.Tensor, torch.Generator], dict]) -> None:
+                 collate: Callable[[torch.Tensor, torch.Generator], dict],
+                 probe: Optional[Callable[[torch.Tensor, torch.Generator], dict]] = None) -> None:
         self.cfg, self.num_concepts, self.ctx = cfg, num_concepts, ctx
         ids = torch.from_numpy(heldout_ids(manifest, cfg.heldout, cfg.samples))
         self.input_ids = ids.to(ctx.device)
-        masked = collate(ids, torch.Generator().manual_seed(HELDOUT_MASK_SEED))
-        self.masked = {k: v.to(ctx.device) for k, v in masked.items()}
+        self.masked = self._masked(collate, ids)
+        self.probe = None if probe is None else decode_everywhere(self._masked(probe, ids))
         self.alarmed = False
+
+    def _masked(self, collate: Callable[[torch.Tensor, torch.Generator], dict], ids: torch.Tensor) -> dict:
+        masked = collate(ids, torch.Generator().manual_seed(HELDOUT_MASK_SEED))
+        return {k: v.to(self.ctx.device) for k, v in masked.items()}
 
     def due(self, step: int, last_step: int) -> bool:
         return self.cfg.interval > 0 and (step % self.cfg.interval == 0 or step == last_step)
@@ -44,6 +53,7 @@ class ConceptMonitor:
             positions = torch.zeros(self.input_ids.shape[0], 1, dtype=torch.long, device=self.ctx.device)
             concepts = engine(input_ids=self.input_ids, positions=positions, score=False).outputs.concepts
             scored = engine(**self.masked)
+            probe = None if self.probe is None else engine(**self.probe, probe=True).loss
         finally:
             engine.train()
         if not self.ctx.is_main:
@@ -51,6 +61,7 @@ class ConceptMonitor:
         metrics = concept_metrics(concepts.detach().float())
         terms = {k: float(v) for k, v in scored.metrics.items() if k.startswith("loss/")}
         record: dict[str, Any] = {"step": step, "heldout_loss": terms.get("loss/mlm", float(scored.loss)),
+                                  **({} if probe is None else {"heldout_mlm15": float(probe)}),
                                   **{f"heldout/{k}": v for k, v in terms.items()},
                                   **{PREFIX + k: v for k, v in metrics.items()}}
         floor = self.cfg.collapse_fraction * self.num_concepts
@@ -64,9 +75,20 @@ class ConceptMonitor:
         return record
 
 
+def decode_everywhere(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A masked batch decoded at every position: positions 0..N-1, labels -100 except at the targets. The loss is
+    the same mean over the same targets, and a decoder whose positions attend to each other (diffusion with token
+    self-attention) sees the whole sequence, as it was trained to."""
+    ids = batch["input_ids"]
+    labels = torch.full_like(ids, -100).scatter_(1, batch["positions"], batch["labels"])
+    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    return {**batch, "positions": positions, "labels": labels}
+
+
 def summary_line(record: dict[str, Any], num_concepts: int) -> str:
     """The progress line of an analysis record."""
     get = lambda key: record[PREFIX + key]  # noqa: E731
-    return (f"step {record['step']:>6} | held-out loss {record['heldout_loss']:.4f} | concepts: eff. rank {get('effective_rank'):.1f}/{num_concepts} "
+    probe = f" (MLM@15% {record['heldout_mlm15']:.4f})" if "heldout_mlm15" in record else ""
+    return (f"step {record['step']:>6} | held-out loss {record['heldout_loss']:.4f}{probe} | concepts: eff. rank {get('effective_rank'):.1f}/{num_concepts} "
             f"(batch {get('global_effective_rank'):.1f}) | mean cos {get('mean_pairwise_cosine'):.3f} | "
             f"uniformity {get('uniformity'):.3f} | collapsed dims {get('collapsed_dims'):.0f}")

@@ -22,7 +22,8 @@ from ..objectives.module import PretrainModule
 from ..parallel import ParallelContext
 from ..parallel.parallelize import ParallelizeOptions, parallelize
 from ..parallel.pipeline import canonical_names, layer_names, pipeline_layers, split_micro_batch
-from .analysis import ConceptMonitor, summary_line
+from .analysis import PROBE_MASKING, ConceptMonitor, summary_line
+from .encoder_init import load_encoder
 from .builders import (build_collator, build_model, model_config, param_groups, split_groups, to_device,
                        vocab_multiple, vocabulary_for, warm_start_backbone)
 from .checkpointer import Checkpointer, latest_checkpoint
@@ -60,6 +61,8 @@ class Trainer:
             check_same_model(self.checkpointer.resume_path(), _plain(cfg)["model"])
         if resume is None:  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
+            if cfg.train.init_encoder_from:
+                self._say(load_encoder(model, cfg.train.init_encoder_from))
         self.module = PretrainModule(model, self._objectives(model))
         self._say(f"{self.module.objectives.describe()}; layout: tensor {ctx.tensor_parallel_size} x pipeline "
                   f"{ctx.pipeline_parallel_size} x data {ctx.data_parallel_size}")
@@ -99,10 +102,11 @@ class Trainer:
                       "score an exported checkpoint with `python -m evals.concepts` instead")
             return None
         self._say(heldout_note(self.manifest, a.heldout))
-        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator())
+        probe = build_collator(PROBE_MASKING, self.manifest.mask_token_id, self.vocab)
+        return ConceptMonitor(a, self.manifest, self.model_cfg.num_concepts, self.ctx, self._collator(), probe)
 
     def _collator(self, first_step: int = 0) -> Any:
-        extras = self.module.objectives.batch_makers(self.manifest.eos_token_id, self.manifest.seq_len)
+        extras = self.module.objectives.batch_makers(self.manifest.separator_id, self.manifest.seq_len)
         return build_collator(self.cfg.objective.masking, self.manifest.mask_token_id, self.vocab,
                               self.cfg.train.grad_accum_steps, first_step, extras)
 
@@ -183,7 +187,7 @@ class Trainer:
         reads = self.module.objectives.reads
         for _ in range(self.cfg.train.grad_accum_steps):
             batch, self.state.data_position = next(stream)
-            micro.append(split_micro_batch(batch, reads))
+            micro.append(split_micro_batch(batch, reads, self.module.model.decoder.uses_tokens))
         loss = self.engine.train_batch(data_iter=iter(micro))  # mean over micro-batches and data-parallel ranks
         step = StepMetrics(holds_metrics=self.engine.is_last_stage())
         for metrics in self.module.objectives.collected:

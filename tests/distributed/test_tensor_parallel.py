@@ -39,6 +39,21 @@ def test_tp2_matches_tp1_under_zero3(tmp_path, tiny_shards):
     assert worst < 1e-5, worst
 
 
+def test_tp2_matches_tp1_with_slot_layers(tmp_path, tiny_shards):
+    # Slot attention splits its heads like cross-attention (softmax over concepts and mean over tokens are per
+    # head), its GRU reads o_proj's summed output and stays replicated; RoPE over concepts rotates within heads.
+    common = EXACT + [f"data.shards={tiny_shards}", "model.concept_layer=slot", "model.concept_positions=rope"]
+    run(torchrun_cmd(1, "ds_configs/zero3.json", common + [f"run_dir={tmp_path / 'tp1'}"]))
+    run(torchrun_cmd(2, "ds_configs/zero3.json", common + [f"run_dir={tmp_path / 'tp2'}", "parallel.tensor=2"]))
+    _close(losses(tmp_path / "tp1"), losses(tmp_path / "tp2"))
+    for name in ("tp1", "tp2"):
+        run([sys.executable, "-m", "megaconcept.export", str(tmp_path / name), str(tmp_path / f"{name}_hf")])
+    one, two = (load_file(tmp_path / f"{n}_hf" / "model.safetensors") for n in ("tp1", "tp2"))
+    assert one.keys() == two.keys() and "encoder.layers.0.slot.gru.weight_ih" in one
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert worst < 1e-5, worst
+
+
 def test_tp2_resume_after_crash_matches_uninterrupted(tmp_path, tiny_shards):
     common = EXACT + [f"data.shards={tiny_shards}", "parallel.tensor=2"]
     ref, res = tmp_path / "reference", tmp_path / "resumed"

@@ -36,7 +36,7 @@ def test_yaml_round_trip():
         ("objective.masking.rate=1.5", "objective.masking.rate=1.5"),
         ("objective.masking.mask_prob=0.95", "mask_prob + random_prob"),
         ("model.dropout=1.0", "model.dropout=1.0"),
-        ("model.decoder=spam", "valid: perceiver_mlm"),
+        ("model.decoder=spam", "valid: diffusion, perceiver_mlm"),
         ("model.decoder_positions=spam", "valid: learned, sinusoidal"),
         ("model.attention=spam", "valid: eager, sdpa"),
         ("logging.wandb_mode=cloud", "logging.wandb_mode"),

@@ -32,7 +32,12 @@ def test_manifest_records_specials_and_the_mask_is_not_the_last_id(real):
     assert tables.family == "byte_level" and tables.ordinary_ids.min() == 2
 
 
-@pytest.mark.parametrize("strategy", MASKING.keys())
+# diffusion is absorbing (every target becomes the mask token) with Binomial(N, t) targets per sample: its own
+# contract is tested in test_diffusion.py.
+BERT_LIKE = [k for k in MASKING.keys() if k != "diffusion"]
+
+
+@pytest.mark.parametrize("strategy", BERT_LIKE)
 def test_random_replacements_are_ordinary_tokens(real, strategy):
     # All targets random: the old bound [0, mask_token_id) made every one of them id 0, the eos token.
     _, tables, ids = real
@@ -43,7 +48,7 @@ def test_random_replacements_are_ordinary_tokens(real, strategy):
     assert len(torch.unique(replaced)) > 300 and replaced.max() < len(tables.special)
 
 
-@pytest.mark.parametrize("strategy", MASKING.keys())
+@pytest.mark.parametrize("strategy", BERT_LIKE)
 def test_exact_target_count_sorted_unique(real, strategy):
     _, _, ids = real
     out = MASKING[strategy](ids[:128], _spec(real, strategy=strategy, rate=0.3), torch.Generator().manual_seed(1))

@@ -16,7 +16,9 @@ from megaconcept.export.hf_folder import build_hf_model
 from megaconcept.model import ConceptMLM, ConceptModelConfig
 from megaconcept.model.bottleneck import BOTTLENECKS
 from megaconcept.model.classification import POOLINGS
+from megaconcept.model.concept_positions import CONCEPT_POSITIONS
 from megaconcept.model.decoders import DECODERS, POSITION_QUERIES
+from megaconcept.model.encoder import CONCEPT_LAYERS
 from megaconcept.model.hf_configuration import MegaconceptConfig
 from megaconcept.model.hf_modeling import MegaconceptForSequenceClassification
 from megaconcept.model.layers import ATTENTION
@@ -33,6 +35,7 @@ from megaconcept.train.builders import build_collator
 
 VOCAB, N = 64, 16
 TESTED = {"model.decoder": DECODERS, "model.decoder_positions": POSITION_QUERIES, "model.attention": ATTENTION,
+          "model.concept_layer": CONCEPT_LAYERS,
           "objective.masking.strategy": MASKING, "objective.terms": OBJECTIVES, "objective.weighting.scheme": WEIGHTING,
           "classifier_pooling": POOLINGS, "objective.cross_entropy": CROSS_ENTROPY,
           "objective.masking.schedule": MASK_SCHEDULES, "model.bottleneck": BOTTLENECKS,
@@ -67,7 +70,7 @@ def _batch(strategy: str = "bert", schedule: str = "constant", extras=(), **mask
 
 def run_pipeline(module: PretrainModule, batch: dict[str, torch.Tensor]) -> tuple[tuple, torch.Tensor]:
     """The module's pipeline layers run in one process: (what reaches the last stage, the loss there)."""
-    inputs, labels = split_micro_batch(batch, module.objectives.reads)
+    inputs, labels = split_micro_batch(batch, module.objectives.reads, module.model.decoder.uses_tokens)
     x = inputs
     for spec in pipeline_layers(module):
         if isinstance(spec, torch.nn.Module):
@@ -122,6 +125,19 @@ def test_attention_entries(name):
     conformance(_module(_config(attention=name)), _batch())
 
 
+@pytest.mark.parametrize("name", CONCEPT_LAYERS.keys())
+def test_concept_layer_entries(name):
+    conformance(_module(_config(concept_layer=name)), _batch())
+    # Padded keys (mask-later) through the pipeline view too: slot attention zeroes their columns itself.
+    conformance(_module(_config(concept_layer=name)), _batch(mask_later=True))
+
+
+@pytest.mark.parametrize("name", CONCEPT_POSITIONS)
+def test_concept_position_entries(name):
+    for layer in CONCEPT_LAYERS.keys():
+        conformance(_module(_config(concept_layer=layer, concept_positions=name)), _batch())
+
+
 @pytest.mark.parametrize("name", MASKING.keys())
 def test_masking_entries(name):
     batch = _batch(name)
@@ -149,7 +165,8 @@ def test_objective_entries(name):
     module = _module(_config(decoder=decoder, bottleneck=bottleneck),
                      terms={name: {"min_tokens": 4}} if name == "contrastive" else {name: {}})
     # Terms that add batch keys (document views) get them from the collator, as in training.
-    conformance(module, _batch(extras=module.objectives.batch_makers(eos_id=0, seq_len=N)))
+    conformance(module, _batch(OBJECTIVES[name].requires_masking or "bert",
+                               extras=module.objectives.batch_makers(separator_id=0, seq_len=N)))
 
 
 @pytest.mark.parametrize("name", BOTTLENECKS.keys())
