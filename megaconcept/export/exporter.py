@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..model.diffusion_decoder import with_mask_token
 from .card import model_card
 from .checkpoint import ExportError, read_checkpoint_info, resolve_tag_dir
 from .gather import check_against_native, check_finite, consolidate, drop_vocab_padding, model_config_for
@@ -35,6 +36,7 @@ def export_checkpoint(
     cfg = model_config_for(info, weights)
     check_against_native(weights, cfg)
     tokenizer = load_tokenizer(info, cfg.vocab_size)
+    cfg = with_mask_token(cfg, tokenizer.mask_token_id)  # a time-conditioned decoder reads t off mask tokens
     model = build_hf_model(cfg, weights, dtype)
     num_params = sum(t.numel() for t in weights.values())
     card = model_card(cfg, num_params, info.trainer_state, info.run_config, hub_repo or out.name)

@@ -65,6 +65,8 @@ def encode_decode(
         decoder.check_length(input_ids.shape[1])
         positions = all_positions(input_ids)
     token_ids = input_ids if decoder_input_ids is None else decoder_input_ids
+    if noise_level is None:  # a time-conditioned decoder reads t off its inputs' mask tokens
+        noise_level = decoder.infer_noise_level(token_ids, attention_mask)
     result = decoder(decoded, positions, decoder_token_inputs(decoder, encoder.token_embed, token_ids, positions),
                      noise_level=noise_level, attention_mask=attention_mask)
     return ConceptOutputs(concepts, result.states, {**result.aux, **aux})

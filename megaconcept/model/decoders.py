@@ -112,6 +112,10 @@ class QueryDecoder(nn.Module):
         """Keyword arguments every `layer` call of one forward gets besides (index, states, concepts); none here."""
         return {}
 
+    def infer_noise_level(self, token_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The masking level (B,) to condition on when a forward passes none; None: this decoder needs none."""
+        return None
+
     def queries(self, concepts: torch.Tensor, positions: torch.Tensor, token_inputs: Optional[torch.Tensor]) -> torch.Tensor:
         """-> queries (B, M, D): the position queries."""
         return self.position_queries(positions).to(concepts.dtype)

@@ -13,7 +13,7 @@ visible tokens are the context; without it positions are independent and decodin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -36,10 +36,21 @@ class DiffusionDecoderOptions:
     memory, so it is refused above max_self_attention_length positions."""
     max_self_attention_length: int = 2048
     """Most decoded positions self-attention accepts (raise it knowingly: cost grows with its square)."""
+    mask_token_id: Optional[int] = None
+    """The mask token's id (training and the export fill it in from the tokenizer): a time-conditioned forward
+    given no noise_level (fill-mask, the held-out probe) takes t = the share of mask tokens among its real positions."""
 
     def __post_init__(self) -> None:
         if self.max_self_attention_length < 1:
             raise ValueError(f"max_self_attention_length={self.max_self_attention_length} must be >= 1")
+
+
+def with_mask_token(cfg: ConceptModelConfig, mask_token_id: int) -> ConceptModelConfig:
+    """`cfg` with decoder_options.mask_token_id filled in for a diffusion decoder (unchanged otherwise)."""
+    options = dict(cfg.decoder_options or {})
+    if cfg.decoder != "diffusion" or options.get("mask_token_id") is not None:
+        return cfg
+    return replace(cfg, decoder_options={**options, "mask_token_id": int(mask_token_id)})
 
 
 class TimestepEmbedder(nn.Module):
@@ -106,6 +117,15 @@ class DiffusionDecoder(TokenQueryDecoder):
 
     def query_modules(self) -> list[nn.Module]:
         return [*super().query_modules(), *([self.time_embed] if self.time_embed is not None else [])]
+
+    def infer_noise_level(self, token_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """t (B,) for a forward given none: the share of mask tokens among the real positions of the ids the
+        decoder reads (None when the decoder needs no t or does not know the mask id)."""
+        if self.time_embed is None or self.options.mask_token_id is None:
+            return None
+        real = torch.ones_like(token_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        masked = (token_ids == self.options.mask_token_id) & real
+        return masked.sum(dim=1).float() / real.sum(dim=1).clamp_min(1).float()
 
     def layer_modules(self, index: int) -> list[nn.Module]:
         return [m[index] for m in (self.self_attn, self.modulation) if m is not None]

@@ -170,6 +170,8 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
                                                    slot_iterations)
         self.decoder.check_length(input_ids.shape[1])
         positions = all_positions(input_ids)
+        if noise_level is None:
+            noise_level = self.decoder.infer_noise_level(input_ids, attention_mask)
         states = self.decoder(concepts, positions, decoder_token_inputs(self.decoder, self.encoder.token_embed,
                                                                         input_ids, positions),
                               noise_level=noise_level, attention_mask=attention_mask).states  # (B, N, D)

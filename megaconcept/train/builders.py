@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -11,10 +11,11 @@ from torch import nn
 from ..checkpoint_format import MODEL_PREFIX
 from ..config.schema import MaskingSection, ParallelSection
 from ..model import ConceptMLM, ConceptModelConfig
+from ..model.diffusion_decoder import with_mask_token
 from ..model.warmstart import warm_start
 from ..data.shards import Manifest
 from ..data.vocab import VocabularyTables, special_ids, vocabulary_tables
-from ..objectives.masking import MASK_SCHEDULES, MASKING, BatchMaker, MaskingCollator, MaskingSpec
+from ..objectives.masking import MASK_SCHEDULES, MASKING, BatchMaker, MaskingCollator, MaskingSpec, num_targets
 
 
 class DataModelMismatch(ValueError):
@@ -32,8 +33,10 @@ def vocab_multiple(parallel: ParallelSection) -> int:
     return math.lcm(parallel.vocab_multiple, parallel.tensor)
 
 
-def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int, multiple: int = 1) -> ConceptModelConfig:
-    """The architecture for these shards: vocab from the tokenizer (padded to `multiple`) unless set (then checked)."""
+def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int, multiple: int = 1,
+                 mask_token_id: Optional[int] = None) -> ConceptModelConfig:
+    """The architecture for these shards: vocab from the tokenizer (padded to `multiple`) unless set (then checked);
+    a diffusion decoder learns the shards' mask token id (diffusion_decoder.with_mask_token)."""
     vocab = section.vocab_size or padded_vocab(shard_vocab, multiple)
     if vocab < shard_vocab:
         raise DataModelMismatch(
@@ -46,6 +49,7 @@ def model_config(section: ConceptModelConfig, shard_vocab: int, seq_len: int, mu
             f"{section.max_position_embeddings}; raise it to at least {seq_len} (with a backbone, "
             f"model.decoder_positions=sinusoidal removes the limit)"
         )
+    section = section if mask_token_id is None else with_mask_token(section, mask_token_id)
     return replace(section, vocab_size=vocab)
 
 
@@ -135,6 +139,15 @@ def build_collator(section: MaskingSection, mask_token_id: int, tables: Vocabula
                                                          "steps": section.schedule_steps})
     return MaskingCollator(section.strategy, masking_spec(section, mask_token_id, tables), section.schedule,
                            schedule, grad_accum_steps, first_step, extras)
+
+
+def decoded_positions(section: MaskingSection, seq_len: int) -> int:
+    """Targets decoded per sample, for FLOPs and MFU: M for the fixed-count strategies; for diffusion N with
+    options.decode=all, else the expected masked count N (1 + t_min) / 2 (padding rows are not model FLOPs)."""
+    if section.strategy == "diffusion":
+        options = MASKING.options("diffusion", section.options)
+        return seq_len if options.decode == "all" else max(1, round(seq_len * (1 + options.t_min) / 2))
+    return num_targets(seq_len, section.rate)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

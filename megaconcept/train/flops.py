@@ -60,6 +60,17 @@ def _backbone(cfg: ConceptModelConfig, n: int) -> float:
     return b.num_layers * (projections + attention + mlp)
 
 
+def _diffusion_layer_extra(cfg: ConceptModelConfig, m: int) -> float:
+    """A diffusion decoder layer's token self-attention among the m decoded positions and its AdaLN-Zero head."""
+    options = (cfg.decoder_options or {}) if cfg.decoder == "diffusion" else {}
+    d, extra = cfg.concept_dim, 0.0
+    if options.get("self_attention"):
+        extra += _mm(m, d, d) * 4 + _mm(m, m, d) * 2
+    if options.get("time_conditioning"):
+        extra += _mm(1, d, 3 * (3 if options.get("self_attention") else 2) * d)
+    return extra
+
+
 def count_flops(cfg: ConceptModelConfig, seq_len: int, decoded: int) -> FlopBreakdown:
     """One sample of `seq_len` tokens with `decoded` positions decoded and scored (the masked ones).
 
@@ -68,11 +79,15 @@ def count_flops(cfg: ConceptModelConfig, seq_len: int, decoded: int) -> FlopBrea
     position queries read C concepts; the LM head runs only on the decoded positions (sparse decoding).
     """
     c, dc, dt, n, m = cfg.num_concepts, cfg.concept_dim, cfg.token_dim, seq_len, decoded
-    cross = _mm(c, dc, dc) * 2 + _mm(n, dt, dc) * 2 + _mm(c, n, dc) * 2  # q, o ; k, v of tokens ; attention
-    self_attn = _mm(c, dc, dc) * 4 + _mm(c, c, dc) * 2
     mlp = _mm(c, dc, cfg.mlp_dim) * 3
+    cross = _mm(c, dc, dc) * 2 + _mm(n, dt, dc) * 2 + _mm(c, n, dc) * 2  # q, o ; k, v of tokens ; attention
+    if cfg.concept_layer == "slot":
+        # k, v of the tokens once; per iteration q, o, attention, the GRU (input and hidden: 3D each) and the MLP.
+        per_iteration = _mm(c, dc, dc) * 2 + _mm(c, n, dc) * 2 + _mm(c, dc, 3 * dc) * 2 + mlp
+        cross = _mm(n, dt, dc) * 2 + cfg.slot_iterations * per_iteration
+    self_attn = _mm(c, dc, dc) * 4 + _mm(c, c, dc) * 2
     dec_layer = (_mm(m, dc, dc) * 2 + _mm(c, dc, dc) * 2 + _mm(m, c, dc) * 2  # q, o ; k, v of concepts ; attn
-                 + _mm(m, dc, cfg.mlp_dim) * 3)
+                 + _mm(m, dc, cfg.mlp_dim) * 3 + _diffusion_layer_extra(cfg, m))
     head_in = dt if cfg.tie_word_embeddings else dc
     out_proj = _mm(m, dc, dt) if head_in != dc else 0.0
     return FlopBreakdown(

@@ -17,15 +17,14 @@ from ..data.heldout import heldout_note
 from ..data.shards import read_manifest
 from ..objectives.base import BuildContext
 from ..objectives.compose import build_objectives
-from ..objectives.masking import num_targets
 from ..objectives.module import PretrainModule
 from ..parallel import ParallelContext
 from ..parallel.parallelize import ParallelizeOptions, parallelize
 from ..parallel.pipeline import canonical_names, layer_names, pipeline_layers, split_micro_batch
 from .analysis import PROBE_MASKING, ConceptMonitor, summary_line
 from .encoder_init import load_encoder
-from .builders import (build_collator, build_model, model_config, param_groups, split_groups, to_device,
-                       vocab_multiple, vocabulary_for, warm_start_backbone)
+from .builders import (build_collator, build_model, decoded_positions, model_config, param_groups, split_groups,
+                       to_device, vocab_multiple, vocabulary_for, warm_start_backbone)
 from .checkpointer import Checkpointer, latest_checkpoint
 from .guard import DivergedError, StepGuard
 from .resume_choice import check_same_model
@@ -51,7 +50,7 @@ class Trainer:
         self.tokenizer_dir = str(Path(cfg.data.shards) / "tokenizer")
         self.ds_config = build_deepspeed_config(ds_config_path, cfg.train, ctx.data_parallel_size)
         self.model_cfg = model_config(cfg.model, self.manifest.vocab_size, self.manifest.seq_len,
-                                      vocab_multiple(cfg.parallel))
+                                      vocab_multiple(cfg.parallel), self.manifest.mask_token_id)
         seed_everything(cfg.seed)
         model = build_model(self.model_cfg)
         self.checkpointer = Checkpointer(cfg.run_dir, cfg.checkpoint.keep_last, ctx)
@@ -88,7 +87,7 @@ class Trainer:
         self.logger = MetricLogger(cfg.run_dir, ctx.is_main, cfg.logging, _plain(cfg), self.state.step)
         self.tokens_per_step = t.micro_batch_size * t.grad_accum_steps * self.manifest.seq_len * ctx.data_parallel_size
         seq_len = self.manifest.seq_len
-        self.flops_per_sample = count_flops(self.model_cfg, seq_len, num_targets(seq_len, cfg.objective.masking.rate)).train
+        self.flops_per_sample = count_flops(self.model_cfg, seq_len, decoded_positions(cfg.objective.masking, seq_len)).train
         device_name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None
         self.peak_flops = peak_flops(device_name, t.peak_tflops)
         self.monitor = self._concept_monitor()

@@ -1,4 +1,6 @@
 """FLOP count against hand calculations, device peaks and MFU."""
+from dataclasses import replace
+
 import pytest
 
 from megaconcept.model.config import BackboneConfig, ConceptModelConfig
@@ -52,3 +54,21 @@ def test_unknown_device_has_no_mfu_unless_told():
     assert mfu(1e12, 10.0, 2, None) is None
     assert peak_flops(None, override_tflops=100.0) == 100e12
     assert mfu(1e12, 10.0, 2, 100e12) == pytest.approx(0.05)
+
+
+def test_slot_layers_and_the_diffusion_decoder_declare_their_extra_flops():
+    from megaconcept.config.schema import MaskingSection
+    from megaconcept.train.builders import decoded_positions
+
+    base = ConceptModelConfig(vocab_size=100, num_concepts=8, concept_dim=32, num_heads=2, num_layers=1)
+    c, d, n = 8, 32, 64
+    slot = count_flops(replace(base, concept_layer="slot", slot_iterations=3), n, 10)
+    # k, v once; per iteration q, o (2 C D^2 each), attention (2 x 2 C N D), GRU (2 x 2 C D 3D) and the MLP.
+    per_iteration = 2 * (2 * c * d * d) + 2 * (2 * c * n * d) + 2 * (2 * c * d * 3 * d) + 3 * (2 * c * d * base.mlp_dim)
+    assert slot.concept_cross == 2 * (2 * n * d * d) + 3 * per_iteration
+    plain = count_flops(replace(base, decoder="diffusion"), n, 10).decoder
+    both = count_flops(replace(base, decoder="diffusion", decoder_options={"self_attention": True}), n, 10).decoder
+    assert both - plain == base.decoder_layers * (4 * (2 * 10 * d * d) + 2 * (2 * 10 * 10 * d))
+    diffusion = MaskingSection(strategy="diffusion", options={"t_min": 0.2})
+    assert decoded_positions(diffusion, 100) == 60 and decoded_positions(MaskingSection(rate=0.15), 100) == 15
+    assert decoded_positions(MaskingSection(strategy="diffusion", options={"decode": "all"}), 100) == 100
