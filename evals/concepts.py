@@ -12,6 +12,10 @@ the concepts share the tokens in the last concept layer's cross-attention:
   attention entropy  per concept, the entropy of its head-averaged attention over a sample's real tokens
                    divided by log(real tokens), averaged over samples (1 = uniform, 0 = one token)
 
+Slot-attention layers (model.concept_layer=slot) report each token's distribution over the concepts instead;
+usage reads it as is (the concept that won the token), the attention entropy after normalising each concept's
+row over the real tokens, which is the weighted mean the slot update takes (for cross-attention a no-op).
+
 The attention weights are the exported model's own (`output_attentions=True`: each concept layer's exact
 cross-attention softmax), of the last concept layer.
 `--data` is a shard directory of `python -m data_prep.shard` (manifest.json + *.tar, each packed row one
@@ -121,7 +125,9 @@ class Usage:
         self.top_tokens = [a + b for a, b in zip(self.top_tokens, counts)]
         n_real = real.sum(dim=1)  # (B,)
         keep = n_real > 1  # one token: no spread to measure
-        entropy = torch.special.entr(weights.double()).sum(dim=2)[keep] / n_real[keep, None].log()  # (B', C), [0, 1]
+        rows = weights.double().masked_fill(~real[:, None, :], 0.0)
+        rows = rows / rows.sum(dim=2, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)  # over real tokens
+        entropy = torch.special.entr(rows).sum(dim=2)[keep] / n_real[keep, None].log()  # (B', C), [0, 1]
         self.entropy_sum = [a + b for a, b in zip(self.entropy_sum, entropy.sum(dim=0).tolist())]
         self.entropy_samples += int(keep.sum())
 

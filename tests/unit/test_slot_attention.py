@@ -4,6 +4,7 @@ The slot maths is checked against a numpy port of google-research's TF SlotAtten
 softmax over the slot axis, +eps, renormalised over the inputs, GRU, residual MLP), written with the project's
 RMSNorm and gated MLP and with padding columns zeroed, on copied weights.
 """
+import math
 import sys
 from pathlib import Path
 
@@ -328,3 +329,17 @@ def test_cli_trains_slot_layers_and_exports(tmp_path, tiny_shards):
                                                            slot_iterations=4).eval()(input_ids=ids).logits
     assert torch.isfinite(two).all() and not torch.allclose(two, four, atol=1e-5)
     torch.testing.assert_close(four_config, four, rtol=0, atol=0)
+
+
+def test_concept_usage_reads_slot_weights_per_token_and_entropy_per_concept_row():
+    from evals.concepts import Usage
+
+    # Slot weights: each real token's column sums to 1 over C=2; padding (last token) is 0.
+    weights = torch.tensor([[[0.9, 0.2, 0.5, 0.0], [0.1, 0.8, 0.5, 0.0]]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    usage = Usage(2)
+    usage.add(weights, mask)
+    assert usage.top_tokens == [2, 1]  # ties go to the lowest index
+    rows = weights[0, :, :3] / weights[0, :, :3].sum(dim=1, keepdim=True)
+    expected = (-(rows * rows.log()).sum(dim=1) / math.log(3)).tolist()
+    assert usage.entropy_sum == pytest.approx(expected)
