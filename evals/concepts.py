@@ -20,7 +20,7 @@ The attention weights are the exported model's own (`output_attentions=True`: ea
 cross-attention softmax), of the last concept layer.
 `--data` is a shard directory of `python -m data_prep.shard` (manifest.json + *.tar, each packed row one
 input, cut to --max-length) or a text file: .txt (one document per line) or .jsonl (a "text" field per line),
-tokenized with the exported tokenizer as pretraining saw documents (tokens + eos).
+tokenized with the exported tokenizer as pretraining saw documents (tokens + the document separator).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 "Unanswerable" or a span of the document. The model (AutoModelForQuestionAnswering,
 megaconcept/model/hf_modeling.py) predicts the answer type and, for spans, start/end positions.
 
-Inputs are encoded as pretraining saw a pair of documents (`question <eos> document <eos>`, each segment
+Inputs are encoded as pretraining saw a pair of documents (`question <sep> document <sep>`, each segment
 tokenized on its own) with the document's character offsets kept, so a predicted token span maps back to
 the document's own text. Training uses the HF Trainer (as GLUE does); prediction is a plain batched pass.
 """

@@ -13,8 +13,8 @@ metric code (evals/metrics.py):
                         variant (the label whose mean example vector is most similar) and the score of always
                         naming the row's most frequent example label ("majority"); chance is the mean score of
                         a uniform pick among the labels in the row's context.
-  longbench_v2          four-option multiple choice by option scoring: `question <eos> context <eos>` and each
-                        `question <eos> option <eos>` are encoded; the most similar option's letter is the
+  longbench_v2          four-option multiple choice by option scoring: `question <sep> context <sep>` and each
+                        `question <sep> option <sep>` are encoded; the most similar option's letter is the
                         prediction. Accuracy overall, by difficulty (easy/hard) and by length (short/medium/
                         long) when rows carry them, as the official v2 table; chance 25%.
 Inputs longer than --max-length are cut (the head is kept): v2 contexts run to millions of words.
@@ -58,7 +58,7 @@ _GROUP_ORDER = ("easy", "hard", "short", "medium", "long")
 
 def _embed(model: Any, tokenizer: Any, texts: list[str], max_length: int, device: Any,
            seconds: Optional[list[str]] = None) -> Any:
-    """Mean-pooled concepts, L2-normalised: (len(texts), D). ``seconds`` makes pairs `text <eos> second <eos>`."""
+    """Mean-pooled concepts, L2-normalised: (len(texts), D). ``seconds`` makes pairs `text <sep> second <sep>`."""
     import torch
     import torch.nn.functional as F
 
