@@ -21,6 +21,7 @@ from . import gate as _gate, mlm as _mlm, regularizers as _regularizers  # noqa:
 from . import contrastive as _contrastive  # noqa: F401
 from . import vae as _vae  # noqa: F401  (registers kl)
 from . import diffusion as _diffusion  # noqa: F401
+from . import mlsm as _mlsm  # noqa: F401  (masked latent semantic modeling)
 
 
 def term_configs(terms: Mapping[str, Any]) -> dict[str, tuple[str, TermConfig]]:

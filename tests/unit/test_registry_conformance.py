@@ -48,6 +48,15 @@ def _config(**overrides) -> ConceptModelConfig:
     return ConceptModelConfig(**{**base, **overrides})
 
 
+def term_options(kind: str) -> dict:
+    """Options a term cannot be built without (its defaults otherwise): mlsm needs a dictionary folder."""
+    if kind == "mlsm":
+        from test_mlsm import tiny_dictionary  # tests/unit is on sys.path: a tiny teacher + dictionary, made once
+
+        return {"dictionary": tiny_dictionary(VOCAB)}
+    return {"min_tokens": 4} if kind == "contrastive" else {}
+
+
 def _module(cfg: ConceptModelConfig, terms=None, scheme="fixed", seed=0) -> PretrainModule:
     torch.manual_seed(seed)
     model = ConceptMLM(cfg)
@@ -96,7 +105,7 @@ def conformance(module: PretrainModule, batch: dict[str, torch.Tensor]) -> None:
             torch.manual_seed(5)
             torch.testing.assert_close(piped, module(**batch).loss, rtol=0, atol=0)
         # Resume: a fresh module loaded from the state dict computes the same loss.
-        fresh = _module(module.model.config, seed=99, terms={n: {"kind": k} for n, k in module.objectives.kinds.items()},
+        fresh = _module(module.model.config, seed=99, terms={n: {"kind": k, **term_options(k)} for n, k in module.objectives.kinds.items()},
                         scheme=next(k for k in WEIGHTING.keys() if isinstance(module.objectives.weighting, WEIGHTING[k])))
         fresh.load_state_dict(module.state_dict())
         torch.manual_seed(6)
@@ -163,7 +172,7 @@ def test_objective_entries(name):
     decoder, bottleneck = next((d, b) for b in BOTTLENECKS.keys() for d in DECODERS.keys()
                                if needs <= {*DECODERS[d].aux_names, *BOTTLENECKS[b].aux_names})
     module = _module(_config(decoder=decoder, bottleneck=bottleneck),
-                     terms={name: {"min_tokens": 4}} if name == "contrastive" else {name: {}})
+                     terms={name: term_options(name)})
     # Terms that add batch keys (document views) get them from the collator, as in training.
     conformance(module, _batch(OBJECTIVES[name].requires_masking or "bert",
                                extras=module.objectives.batch_makers(separator_id=0, seq_len=N)))
@@ -172,7 +181,7 @@ def test_objective_entries(name):
 @pytest.mark.parametrize("name", BOTTLENECKS.keys())
 def test_bottleneck_entries(name):
     # With the terms reading its aux tensors (a pipeline needs a gradient for each: config.validate._bottleneck).
-    readers = {k: {} for k in OBJECTIVES.keys() if set(OBJECTIVES[k].needs_aux) & set(BOTTLENECKS[name].aux_names)}
+    readers = {k: term_options(k) for k in OBJECTIVES.keys() if set(OBJECTIVES[k].needs_aux) & set(BOTTLENECKS[name].aux_names)}
     conformance(_module(_config(bottleneck=name), terms={"mlm": {}, **readers}), _batch())
 
 
