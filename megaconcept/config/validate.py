@@ -241,6 +241,34 @@ def _analysis(cfg: RunConfig) -> Optional[str]:
     return None
 
 
+def _mlsm_dictionary(cfg: RunConfig) -> Optional[str]:
+    """An mlsm term's dictionary must exist and come from a teacher with the run's shards' tokenizer (the teacher
+    reads the shards' ids); both sides record the tokenizer's fingerprint (manifest.json, mlsm_dictionary.json)."""
+    import json
+    from pathlib import Path
+
+    for name, values in cfg.objective.terms.items():
+        if not isinstance(values, Mapping) or values.get("kind", name) != "mlsm" or not values.get("dictionary"):
+            continue  # no dictionary: the term's own config check names it
+        meta_path = Path(str(values["dictionary"])) / "mlsm_dictionary.json"
+        if not meta_path.is_file():
+            return (f"objective.terms.{name}.dictionary={values['dictionary']!r} holds no {meta_path.name}; run "
+                    f"`python -m data_prep.mlsm_dictionary ... --out DIR` and point it there")
+        manifest_path = Path(str(cfg.data.shards)) / "manifest.json"
+        if not manifest_path.is_file():
+            continue  # the data loader reports missing shards
+        try:
+            theirs = json.loads(meta_path.read_text(encoding="utf-8"))["tokenizer"]["sha256"]
+            ours = json.loads(manifest_path.read_text(encoding="utf-8"))["tokenizer"]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # malformed files are reported by their readers, with the fix
+        if theirs != ours:
+            return (f"objective.terms.{name}.dictionary was learned on shards with another tokenizer (sha256 "
+                    f"{str(theirs)[:12]}... vs data.shards' {str(ours)[:12]}...); learn a dictionary on these shards "
+                    f"or train on the dictionary's")
+    return None
+
+
 _BACKBONE_HEADS = ("model.backbone.num_layers", "model.backbone.hidden_size", "model.backbone.num_heads",
                    "model.backbone.num_kv_heads", "model.num_heads")
 
@@ -257,6 +285,7 @@ RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("model.backbone.num_layers", "model.backbone.source_layers"), _backbone_layers),
     (_BACKBONE_HEADS, _backbone_heads),
     ((), _analysis),
+    (("objective.terms", "data.shards"), _mlsm_dictionary),
 ]
 """(keys the rule reads, rule): a rule is skipped when a key it reads (or one below it) is out of range, so it
 never divides by or indexes with a value already reported."""

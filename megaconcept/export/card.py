@@ -48,6 +48,34 @@ def _data_text(run_config: dict[str, Any]) -> str:
                    "see the shards' manifest for the source of these.)")
 
 
+def _objective_text(run_config: dict[str, Any]) -> str:
+    """The run's objective terms; an MLSM term names its dictionary and the teacher it distilled (read from the
+    dictionary's metadata when the folder is still there)."""
+    import json
+
+    terms = run_config.get("objective", {}).get("terms", {}) or {}
+    parts = []
+    for name, values in terms.items():
+        if values is None:
+            continue
+        kind = values.get("kind", name) if isinstance(values, dict) else name
+        if kind != "mlsm":
+            parts.append(f"`{name}`")
+            continue
+        folder = str(values.get("dictionary", ""))
+        text = f"`{name}` (masked latent semantic modeling: sparse codes of dictionary `{public_path(folder)}`"
+        try:
+            with open(os.path.join(folder, "mlsm_dictionary.json"), encoding="utf-8") as handle:
+                meta = json.load(handle)
+            teacher = meta["teacher"]
+            text += (f", {meta['atoms']} atoms, lambda {meta['lambda']}, teacher `{public_path(teacher['source'])}` "
+                     f"to layer {meta['layer']}, weights sha256 {teacher['weights_sha256'][:16]}")
+        except (OSError, ValueError, KeyError, TypeError):
+            text += "; its metadata was not found at export time"
+        parts.append(text + ")")
+    return "Objective terms: " + (", ".join(parts) if parts else "`mlm`") + "."
+
+
 def _usage(repo_or_dir: str) -> str:
     return f'''```python
 from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
@@ -96,6 +124,7 @@ decoder reconstructs tokens from the concepts only (its queries carry positions,
 
 {step:,} optimizer steps, {tokens:,} tokens seen ({trainer_state.get("samples_seen", 0):,} samples),
 exported from a megaconcept DeepSpeed checkpoint (weights consolidated to fp32).
+{_objective_text(run_config)}
 
 ## Data
 

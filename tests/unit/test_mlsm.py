@@ -124,3 +124,31 @@ def test_refuses_another_dictionary_on_resume_and_a_different_teacher(tmp_path):
         _module({"mlsm": {"dictionary": str(moved), "teacher": str(Path(tiny_dictionary()).parent / "teacher")}})
     with pytest.raises(ValueError, match="no finished MLSM dictionary"):
         _module({"mlsm": {"dictionary": str(tmp_path)}})
+
+
+def test_config_refuses_a_dictionary_of_other_shards(tiny_shards, tmp_path):
+    from megaconcept.config import ConfigError, load_config
+
+    dictionary = Path(tiny_dictionary())  # its metadata records tokenizer sha256 "test"
+    overrides = [f"data.shards={tiny_shards}", "objective.terms.mlm=null"]
+    with pytest.raises(ConfigError, match=r"objective.terms.mlsm.dictionary was learned on shards with another"):
+        load_config(None, [*overrides, f"objective.terms.mlsm={{dictionary: {dictionary}}}"])
+    with pytest.raises(ConfigError, match=r"holds no mlsm_dictionary.json"):
+        load_config(None, [*overrides, f"objective.terms.mlsm={{dictionary: {tmp_path}}}"])
+    same = tmp_path / "same"
+    same.mkdir()
+    meta = json.loads((dictionary / METADATA_NAME).read_text())
+    meta["tokenizer"] = json.loads((tiny_shards / "manifest.json").read_text())["tokenizer"]
+    (same / METADATA_NAME).write_text(json.dumps(meta))
+    cfg = load_config(None, [*overrides, f"objective.terms.mlsm={{dictionary: {same}, fista_iterations: 50}}"])
+    assert cfg.objective.terms["mlsm"]["fista_iterations"] == 50
+
+
+def test_model_card_names_the_dictionary_and_teacher():
+    from megaconcept.export.card import _objective_text
+
+    meta = json.loads((Path(tiny_dictionary()) / METADATA_NAME).read_text())
+    text = _objective_text({"objective": {"terms": {"mlm": None, "mlsm": {"dictionary": tiny_dictionary()}}}})
+    assert "masked latent semantic modeling" in text and meta["teacher"]["weights_sha256"][:16] in text
+    assert "to layer 1" in text and "<local>/dictionary" in text
+    assert _objective_text({"objective": {"terms": {"mlm": {}}}}) == "Objective terms: `mlm`."
