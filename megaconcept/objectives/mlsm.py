@@ -98,7 +98,9 @@ class MLSMObjective(Objective):
                              f"dictionary {cfg.dictionary!r} was learned from (weights hash differs); set "
                              f"teacher= to the recorded model")
         self.lam = cfg.lambda_ if cfg.lambda_ is not None else float(self.metadata["lambda"])
-        self._frozen: tuple[Teacher, torch.Tensor, torch.Tensor] = (teacher, atoms, lipschitz(atoms))
+        # (teacher, atoms (k, H), L, D D^T (k, k)): D is fixed, so its Gram matrix and step are computed once.
+        self._frozen: tuple[Teacher, torch.Tensor, torch.Tensor, torch.Tensor] = (teacher, atoms, lipschitz(atoms),
+                                                                                 atoms @ atoms.T)
         self.digest = digest_metadata(self.metadata)
         self.register_buffer("dictionary_digest", _digest_tensor(self.digest))
         weight = ctx.model.output_embedding()
@@ -120,20 +122,20 @@ class MLSMObjective(Objective):
                              f"objective.terms.*.dictionary")
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def _placed(self, device: torch.device) -> tuple[Teacher, torch.Tensor, torch.Tensor]:
-        teacher, atoms, big_l = self._frozen
+    def _placed(self, device: torch.device) -> tuple[Teacher, torch.Tensor, torch.Tensor, torch.Tensor]:
+        teacher, atoms, big_l, gram = self._frozen
         if atoms.device != device:
             teacher = teacher.to(device=device, dtype=cast_for(device))
-            self._frozen = teacher, atoms.to(device), big_l.to(device)
+            self._frozen = teacher, atoms.to(device), big_l.to(device), gram.to(device)
         return self._frozen
 
     @torch.no_grad()
     def targets(self, clean_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """clean_ids (B, N), positions (B, M) -> (B * M, k) float32 non-negative codes of the teacher states."""
-        teacher, atoms, big_l = self._placed(positions.device)
+        teacher, atoms, big_l, gram = self._placed(positions.device)
         states = teacher(clean_ids.long())  # (B, N, H) float32, layer l
         picked = states.gather(1, positions.long()[..., None].expand(-1, -1, states.shape[-1]))  # (B, M, H)
-        return fista(unit_rows(picked.flatten(0, 1)), atoms, self.lam, self.cfg.fista_iterations, big_l)
+        return fista(unit_rows(picked.flatten(0, 1)), atoms, self.lam, self.cfg.fista_iterations, big_l, gram)
 
     def forward(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         codes = self.targets(batch[CLEAN_IDS], batch["positions"])  # (B*M, k)

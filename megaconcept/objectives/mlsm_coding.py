@@ -42,14 +42,15 @@ def lipschitz(dictionary: torch.Tensor) -> torch.Tensor:
 
 
 def fista(x: torch.Tensor, dictionary: torch.Tensor, lam: float, iterations: int = FISTA_ITERATIONS,
-          step_lipschitz: Optional[torch.Tensor] = None) -> torch.Tensor:
+          step_lipschitz: Optional[torch.Tensor] = None, gram: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Non-negative lasso codes: x (M, H), dictionary (k, H) -> a (M, k) float32, a >= 0.
 
-    `step_lipschitz` is L = lipschitz(dictionary) when the caller has it cached (a fixed dictionary)."""
+    `step_lipschitz` (L = lipschitz(dictionary)) and `gram` (D D^T, (k, k)) when the caller has them cached (a
+    fixed dictionary: the online targets)."""
     d = dictionary.float()
     x = x.float()
     big_l = lipschitz(d) if step_lipschitz is None else step_lipschitz.float()
-    gram = d @ d.T  # (k, k)
+    gram = d @ d.T if gram is None else gram.float()  # (k, k)
     xd = x @ d.T  # (M, k): the only product with H, done once
     a = torch.zeros_like(xd)
     y, s = a, 1.0

@@ -87,7 +87,8 @@ def teacher_config(src: Any, layer: int) -> BackboneConfig:
 def build_teacher(source: str, layer: int, unknown_id: int = 0) -> tuple[Teacher, dict[str, Any]]:
     """Load `source` (hub id, HF folder or smollm2-gguf) up to `layer`: (eval, frozen fp32 Teacher, identity).
 
-    identity: source, model_type, depth, layer, hidden_size, vocab_rows and weights_sha256."""
+    identity: source, model_type, depth, layer, hidden_size, num_heads, num_kv_heads, intermediate_size (what the
+    FLOP counter needs), vocab_rows, gguf and weights_sha256."""
     state, src = load_source(source)
     cfg = teacher_config(src, layer)
     embed = state["model.embed_tokens.weight"]
@@ -103,6 +104,8 @@ def build_teacher(source: str, layer: int, unknown_id: int = 0) -> tuple[Teacher
     teacher.requires_grad_(False).eval()
     identity = {"source": source, "model_type": getattr(src, "model_type", "llama"),
                 "depth": int(src.num_hidden_layers), "layer": layer, "hidden_size": int(src.hidden_size),
+                "num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads,
+                "intermediate_size": cfg.intermediate_size,
                 "vocab_rows": int(embed.shape[0]), "gguf": source == GGUF_SPEC,
                 "weights_sha256": weights_sha256(teacher)}
     return teacher, identity

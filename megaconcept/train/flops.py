@@ -3,11 +3,15 @@
 Counts matrix-multiply FLOPs (2*m*n*k each) of one training sample: forward once, backward twice the
 forward (the usual 3x). Model FLOPs only, as MFU is defined: recomputation from activation checkpointing
 or the chunked loss is not counted. Norms, softmax, RoPE and element-wise ops are ignored (< 1%).
+An MLSM term (count_step_flops) adds its frozen teacher's forward to layer l and the FISTA targets, once (no
+backward), and its d x k head; without an MLM-style term the d x V LM head is not run and not counted.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import json
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Optional
 
 from ..model.bottleneck import BOTTLENECKS
 from ..model.config import ConceptModelConfig
@@ -33,31 +37,43 @@ class FlopBreakdown:
     lm_head: float
     bottleneck: float = 0.0
     """Between concepts and decoder (model.bottleneck; vae: its mu and logvar heads)."""
+    objective_heads: float = 0.0
+    """Heads owned by objective terms on the decoded positions (MLSM: d x k)."""
+    teacher: float = 0.0
+    """A frozen teacher's forward (MLSM: to layer l); no backward."""
+    targets: float = 0.0
+    """Computing targets without gradients (MLSM: FISTA codes); no backward."""
 
     @property
     def forward(self) -> float:
+        """The trained part's forward (the 3x of `train` applies to it)."""
         return (self.backbone + self.concept_cross + self.concept_self + self.concept_mlp + self.bottleneck
-                + self.decoder + self.lm_head)
+                + self.decoder + self.lm_head + self.objective_heads)
 
     @property
     def train(self) -> float:
-        """Forward + backward (2x forward) per sample."""
-        return 3.0 * self.forward
+        """Forward + backward (2x forward) per sample, plus the frozen teacher and the targets once."""
+        return 3.0 * self.forward + self.teacher + self.targets
 
 
 def _mm(m: float, n: float, k: float) -> float:
     return 2.0 * m * n * k
 
 
+def _llama_layers(n: int, layers: int, d: int, heads: int, kv_heads: int, ffn: int) -> float:
+    """`layers` Llama layers over n tokens (full n x n scores: SDPA computes them under a causal mask too)."""
+    kv = kv_heads * (d // heads)
+    projections = _mm(n, d, d) * 2 + _mm(n, d, kv) * 2  # q, o ; k, v
+    attention = _mm(n, n, d) * 2  # scores and weighted values over all query heads
+    mlp = _mm(n, d, ffn) * 3
+    return layers * (projections + attention + mlp)
+
+
 def _backbone(cfg: ConceptModelConfig, n: int) -> float:
     b = cfg.backbone
     if not b.enabled:
         return 0.0
-    d, kv = b.hidden_size, b.num_kv_heads * (b.hidden_size // b.num_heads)
-    projections = _mm(n, d, d) * 2 + _mm(n, d, kv) * 2  # q, o ; k, v
-    attention = _mm(n, n, d) * 2  # scores and weighted values over all query heads
-    mlp = _mm(n, d, b.intermediate_size) * 3
-    return b.num_layers * (projections + attention + mlp)
+    return _llama_layers(n, b.num_layers, b.hidden_size, b.num_heads, b.num_kv_heads, b.intermediate_size)
 
 
 def _diffusion_layer_extra(cfg: ConceptModelConfig, m: int) -> float:
@@ -83,7 +99,8 @@ def count_flops(cfg: ConceptModelConfig, seq_len: int, decoded: int) -> FlopBrea
     cross = _mm(c, dc, dc) * 2 + _mm(n, dt, dc) * 2 + _mm(c, n, dc) * 2  # q, o ; k, v of tokens ; attention
     if cfg.concept_layer == "slot":
         # k, v of the tokens once; per iteration q, o, attention, the GRU (input and hidden: 3D each) and the MLP.
-        per_iteration = _mm(c, dc, dc) * 2 + _mm(c, n, dc) * 2 + _mm(c, dc, 3 * dc) * 2 + mlp
+        gru = _mm(c, dc, 3 * dc) * 2 if cfg.slot_update == "gru" else 0.0
+        per_iteration = _mm(c, dc, dc) * 2 + _mm(c, n, dc) * 2 + gru + mlp
         cross = _mm(n, dt, dc) * 2 + cfg.slot_iterations * per_iteration
     self_attn = _mm(c, dc, dc) * 4 + _mm(c, c, dc) * 2
     dec_layer = (_mm(m, dc, dc) * 2 + _mm(c, dc, dc) * 2 + _mm(m, c, dc) * 2  # q, o ; k, v of concepts ; attn
@@ -95,6 +112,44 @@ def count_flops(cfg: ConceptModelConfig, seq_len: int, decoded: int) -> FlopBrea
         concept_mlp=cfg.num_layers * mlp, decoder=cfg.decoder_layers * dec_layer + out_proj,
         lm_head=_mm(m, head_in, cfg.vocab_size or 0), bottleneck=BOTTLENECKS[cfg.bottleneck].forward_flops(cfg),
     )
+
+
+LM_HEAD_TERMS = ("mlm", "diffusion")
+"""Term kinds that run the d x V LM head on the decoded positions."""
+
+
+def mlsm_flops(meta: Mapping[str, Any], seq_len: int, decoded: int, head_in: int,
+               fista_iterations: int) -> tuple[float, float, float]:
+    """(teacher, targets, head) forward FLOPs of one sample for an MLSM dictionary's metadata: the teacher's first
+    l layers over the seq_len tokens; FISTA on the decoded rows: x D^T once (2 m k H) and one (m, k) x (k, k)
+    product per iteration (2 m k^2; D D^T is computed once per run); the student's d x k head."""
+    t, k, m = meta["teacher"], int(meta["atoms"]), decoded
+    teacher = _llama_layers(seq_len, int(meta["layer"]), int(t["hidden_size"]), int(t["num_heads"]),
+                            int(t["num_kv_heads"]), int(t["intermediate_size"]))
+    targets = _mm(m, int(t["hidden_size"]), k) + fista_iterations * _mm(m, k, k)
+    return teacher, targets, _mm(m, head_in, k)
+
+
+def count_step_flops(cfg: ConceptModelConfig, terms: Mapping[str, Any], seq_len: int, decoded: int) -> FlopBreakdown:
+    """count_flops for a run's objective.terms: MLSM terms add their teacher, FISTA and head (their dictionary's
+    metadata names the teacher); the LM head counts only when a term runs it (mlm, diffusion) or no MLSM term
+    replaces it."""
+    base = count_flops(cfg, seq_len, decoded)
+    kinds = {name: (v.get("kind", name) if isinstance(v, Mapping) else name) for name, v in terms.items()
+             if v is not None}
+    mlsm = [name for name, kind in kinds.items() if kind == "mlsm"]
+    if not mlsm:
+        return base
+    head_in = cfg.token_dim if cfg.tie_word_embeddings else cfg.concept_dim
+    teacher = targets = heads = 0.0
+    for name in mlsm:
+        options = terms[name]
+        with open(os.path.join(str(options["dictionary"]), "mlsm_dictionary.json"), encoding="utf-8") as handle:
+            meta = json.load(handle)
+        parts = mlsm_flops(meta, seq_len, decoded, head_in, int(options.get("fista_iterations", 100)))
+        teacher, targets, heads = teacher + parts[0], targets + parts[1], heads + parts[2]
+    lm_head = base.lm_head if any(kind in LM_HEAD_TERMS for kind in kinds.values()) else 0.0
+    return replace(base, lm_head=lm_head, objective_heads=heads, teacher=teacher, targets=targets)
 
 
 def peak_flops(device_name: Optional[str], override_tflops: float = 0.0) -> Optional[float]:

@@ -30,7 +30,7 @@ from .guard import DivergedError, StepGuard
 from .resume_choice import check_same_model
 from .preemption import Preempted, PreemptionWatch
 from .step_metrics import StepMetrics
-from .flops import count_flops, mfu, peak_flops
+from .flops import count_step_flops, mfu, peak_flops
 from .metrics import MetricLogger
 from .schedule import build_scheduler
 from .state import TrainState, seed_everything
@@ -87,7 +87,8 @@ class Trainer:
         self.logger = MetricLogger(cfg.run_dir, ctx.is_main, cfg.logging, _plain(cfg), self.state.step)
         self.tokens_per_step = t.micro_batch_size * t.grad_accum_steps * self.manifest.seq_len * ctx.data_parallel_size
         seq_len = self.manifest.seq_len
-        self.flops_per_sample = count_flops(self.model_cfg, seq_len, decoded_positions(cfg.objective.masking, seq_len)).train
+        self.flops_per_sample = count_step_flops(self.model_cfg, cfg.objective.terms, seq_len,
+                                                 decoded_positions(cfg.objective.masking, seq_len)).train
         device_name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None
         self.peak_flops = peak_flops(device_name, t.peak_tflops)
         self.monitor = self._concept_monitor()

@@ -72,3 +72,51 @@ def test_slot_layers_and_the_diffusion_decoder_declare_their_extra_flops():
     diffusion = MaskingSection(strategy="diffusion", options={"t_min": 0.2})
     assert decoded_positions(diffusion, 100) == 60 and decoded_positions(MaskingSection(rate=0.15), 100) == 15
     assert decoded_positions(MaskingSection(strategy="diffusion", options={"decode": "all"}), 100) == 100
+
+
+def _mlsm_dictionary(folder, atoms=5, layer=2):
+    """Only the metadata the counter reads (a teacher of width 12, 3 heads / 1 kv head, FFN 16)."""
+    import json
+
+    folder.mkdir(exist_ok=True)
+    teacher = {"hidden_size": 12, "num_heads": 3, "num_kv_heads": 1, "intermediate_size": 16}
+    (folder / "mlsm_dictionary.json").write_text(json.dumps({"teacher": teacher, "atoms": atoms, "layer": layer}))
+    return str(folder)
+
+
+def test_mlsm_step_by_hand(tmp_path):
+    from megaconcept.train.flops import count_step_flops
+
+    dictionary = _mlsm_dictionary(tmp_path / "d")
+    mlm = count_step_flops(TINY, {"mlm": {}}, seq_len=16, decoded=2)
+    assert mlm == count_flops(TINY, 16, 2)
+    f = count_step_flops(TINY, {"mlm": None, "mlsm": {"dictionary": dictionary, "fista_iterations": 10}}, 16, 2)
+    # the teacher's 2 layers over 16 tokens: the backbone-by-hand numbers above (same 12-wide layer), twice
+    assert f.teacher == 2 * (9216 + 3072 + 12288 + 18432)
+    # FISTA on the 2 decoded rows: x D^T 2*2*12*5 once + 10 iterations of (2, 5) x (5, 5)
+    assert f.targets == 2 * 2 * 12 * 5 + 10 * (2 * 2 * 5 * 5)
+    assert f.objective_heads == 2 * 2 * 8 * 5 and f.lm_head == 0  # d x k head, no d x V head
+    assert f.forward == mlm.forward - mlm.lm_head + f.objective_heads
+    assert f.train == 3 * f.forward + f.teacher + f.targets  # frozen parts run forward only
+    both = count_step_flops(TINY, {"mlm": {}, "mlsm": {"dictionary": dictionary, "fista_iterations": 10}}, 16, 2)
+    assert both.lm_head == mlm.lm_head and both.objective_heads == f.objective_heads
+
+
+def test_mlsm_saves_the_vocabulary_head_at_smollm2_shape(tmp_path):
+    # SmolLM2-135M shape (V 49152), a 512-wide encoder, 15% of 512 tokens decoded, teacher to layer 28 of 30,
+    # k = 3000: the d x k head costs ~6% of the d x V one.
+    from megaconcept.train.flops import count_step_flops
+
+    cfg = ConceptModelConfig(vocab_size=49153, num_concepts=128, concept_dim=512, num_heads=8, num_layers=6,
+                             decoder_layers=1)
+    folder = tmp_path / "smol"
+    folder.mkdir()
+    import json
+
+    (folder / "mlsm_dictionary.json").write_text(json.dumps(
+        {"teacher": {"hidden_size": 576, "num_heads": 9, "num_kv_heads": 3, "intermediate_size": 1536},
+         "atoms": 3000, "layer": 28}))
+    mlm = count_step_flops(cfg, {"mlm": {}}, 512, 77)
+    mlsm = count_step_flops(cfg, {"mlm": None, "mlsm": {"dictionary": str(folder)}}, 512, 77)
+    assert mlsm.objective_heads / mlm.lm_head == pytest.approx(3000 / 49153)
+    assert 3 * mlsm.forward < 3 * mlm.forward  # the trained part is cheaper; the frozen teacher is counted apart
