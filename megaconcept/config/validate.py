@@ -44,6 +44,9 @@ def _choices(cfg: RunConfig) -> Optional[str]:
 
     allowed["objective.cross_entropy"] = (cfg.objective.cross_entropy, CHOICES)
     allowed["model.concept_positions"] = (cfg.model.concept_positions, CONCEPT_POSITIONS)
+    from ..model.slot import SLOT_UPDATES
+
+    allowed["model.slot_update"] = (cfg.model.slot_update, SLOT_UPDATES)
     for key, (value, valid) in allowed.items():
         if value not in valid:
             return f"{key}={value!r} is not one of {', '.join(valid)}"

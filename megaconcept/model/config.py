@@ -74,6 +74,11 @@ class ConceptModelConfig:
     slot_iterations: int = 3
     """K, the weight-tied slot-attention iterations per concept layer (concept_layer=slot only). May differ at
     inference: exported models take from_pretrained(dir, slot_iterations=K) or forward(..., slot_iterations=K)."""
+    slot_update: str = "gru"
+    """How a slot iteration updates the concepts (megaconcept.model.slot.SLOT_UPDATES): gru = the reference's
+    GRUCell(updates, concepts); residual = concepts + updates (then the MLP either way). The GRU's tanh-bounded
+    state pulls every concept toward the shared update while the assignment is still uniform; residual keeps
+    each concept's own vector, as a cross-attention layer does."""
     concept_positions: str = "none"
     """Positions over the concept index in the concepts' self-attention: none = concepts are an unordered set;
     rope = RoPE over the index 0..C-1 (base 10000, per head; needs an even concept_dim / num_heads)."""

@@ -37,6 +37,7 @@ class MegaconceptConfig(PretrainedConfig):
     mlp_ratio: float = _DEFAULTS.mlp_ratio
     concept_layer: str = _DEFAULTS.concept_layer
     slot_iterations: int = _DEFAULTS.slot_iterations
+    slot_update: str = _DEFAULTS.slot_update
     """K of slot layers; `from_pretrained(dir, slot_iterations=K)` builds the model with another K."""
     concept_positions: str = _DEFAULTS.concept_positions
     decoder: str = _DEFAULTS.decoder

@@ -23,6 +23,8 @@ from .concept_positions import concept_rotary, read_positions
 from .config import ConceptModelConfig
 from .layers import MLPBlock, SelfAttentionBlock
 
+SLOT_UPDATES = ("gru", "residual")
+"""model.slot_update: the reference's GRU, or a residual add (see ConceptModelConfig.slot_update)."""
 SLOT_EPSILON = 1e-8
 """Added to the softmax over concepts before the mean over tokens (the reference's): a concept that won no
 token gets the plain mean instead of 0/0. Meaningful only in fp32, where the attention is computed."""
@@ -63,7 +65,7 @@ class SlotAttention(nn.Module):
     tensor_parallel_plan = {"q_proj": "column", "k_proj": "column", "v_proj": "column", "o_proj": "row"}
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, eps: float, dropout: float, iterations: int,
-                 kv_dim: Optional[int] = None) -> None:
+                 kv_dim: Optional[int] = None, update: str = "gru") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -77,8 +79,11 @@ class SlotAttention(nn.Module):
         self.v_proj = nn.Linear(kv_dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
         self.dropout = nn.Dropout(dropout)
-        # The reference's recurrent update: replacing it by `concepts = updates` makes gradients explode.
-        self.gru = nn.GRUCell(dim, dim)
+        if update not in SLOT_UPDATES:
+            raise ValueError(f"model.slot_update={update!r} is unknown; valid: {', '.join(SLOT_UPDATES)}")
+        # The reference's recurrent update: replacing it by `concepts = updates` (no residual) makes gradients
+        # explode; residual keeps the concept's own vector instead.
+        self.gru = nn.GRUCell(dim, dim) if update == "gru" else None
         self.mlp = MLPBlock(dim, mlp_dim, eps, dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +109,10 @@ class SlotAttention(nn.Module):
         weights = slot_weights(self._heads(self.q_proj(self.query_norm(concepts))), k, keep)
         means = token_means(weights, keep).to(v.dtype)
         updates = self.dropout(self.o_proj((means @ v).transpose(1, 2).flatten(-2)))  # (B, C, D)
-        updated = self.gru(updates.flatten(0, 1), concepts.flatten(0, 1)).view_as(concepts)
+        if self.gru is None:
+            updated = concepts + updates
+        else:
+            updated = self.gru(updates.flatten(0, 1), concepts.flatten(0, 1)).view_as(concepts)
         return self.mlp(updated), weights
 
 
@@ -125,7 +133,8 @@ class SlotConceptLayer(nn.Module):
         super().__init__()
         d, h, eps, p = cfg.concept_dim, cfg.num_heads, cfg.norm_eps, cfg.dropout
         self.read_positions = read_positions(cfg)
-        self.slot = SlotAttention(d, h, cfg.mlp_dim, eps, p, cfg.slot_iterations, kv_dim=cfg.token_dim)
+        self.slot = SlotAttention(d, h, cfg.mlp_dim, eps, p, cfg.slot_iterations, kv_dim=cfg.token_dim,
+                                  update=cfg.slot_update)
         self.self_attn = SelfAttentionBlock(d, h, eps, p, cfg.attention, rotary=concept_rotary(cfg))
         self.mlp = MLPBlock(d, cfg.mlp_dim, eps, p)
 

@@ -343,3 +343,29 @@ def test_concept_usage_reads_slot_weights_per_token_and_entropy_per_concept_row(
     rows = weights[0, :, :3] / weights[0, :, :3].sum(dim=1, keepdim=True)
     expected = (-(rows * rows.log()).sum(dim=1) / math.log(3)).tolist()
     assert usage.entropy_sum == pytest.approx(expected)
+
+
+def test_residual_slot_update_keeps_each_concept_and_exports():
+    from megaconcept.export.hf_folder import build_hf_model
+    from megaconcept.model import ConceptMLM, ConceptModelConfig
+
+    base = dict(vocab_size=50, num_concepts=8, concept_dim=32, num_heads=2, num_layers=2, max_position_embeddings=32,
+                concept_layer="slot")
+    torch.manual_seed(0)
+    gru = ConceptMLM(ConceptModelConfig(**base)).eval()
+    torch.manual_seed(0)
+    residual = ConceptMLM(ConceptModelConfig(**base, slot_update="residual")).eval()
+    assert not any("gru" in k for k in residual.state_dict()) and any("gru" in k for k in gru.state_dict())
+    ids = torch.randint(2, 50, (4, 16), generator=torch.Generator().manual_seed(1))
+    # At init the assignment is uniform, so every concept gets the same update: the GRU's bounded state pulls
+    # the concepts together, the residual add keeps them apart.
+    def mean_cosine(model):
+        c = torch.nn.functional.normalize(model.encoder(ids), dim=-1)
+        sims = c @ c.transpose(1, 2)
+        return (sims.sum() - sims.diagonal(dim1=1, dim2=2).sum()) / (4 * 8 * 7)
+    with torch.no_grad():
+        assert mean_cosine(residual) < 0.1 < mean_cosine(gru)
+        hf = build_hf_model(residual.config, dict(residual.state_dict()), "fp32")
+        torch.testing.assert_close(hf(input_ids=ids).logits, residual.logits(residual(ids).states), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="slot_update"):
+        ConceptMLM(ConceptModelConfig(**base, slot_update="lstm"))
