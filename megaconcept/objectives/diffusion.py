@@ -44,10 +44,16 @@ class DiffusionObjective(Objective):
     def forward(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         states, labels, weights = outputs.states, batch["labels"], batch["target_weights"]  # (B, M, D), (B, M) x2
         valid = labels.flatten() >= 0
-        # Padded rows keep a valid id (0) for the kernels (vocab-parallel CE has no ignore index); weight 0.
-        safe = torch.where(valid, labels.flatten(), 0)
-        loss = self.kernel(states.flatten(0, 1), self._head_weight(), self._model[0].lm_bias, safe, self.chunk_size,
-                           row_weights=weights.flatten().to(torch.float32), normalizer=batch["num_tokens"].sum())
+        # Only the real targets reach the LM head: padding (to the batch's largest count, about half the rows
+        # with t ~ U(t_min, 1)) would cost a (rows, V) logit block each for weight 0. One host sync per step;
+        # every tensor-parallel rank selects the same rows (labels are replicated).
+        rows = valid.nonzero().squeeze(1)
+        if rows.numel() == 0:  # no sample drew a target: keep one weight-0 row so the graph and kernels stay whole
+            rows = rows.new_zeros(1)
+        safe = torch.where(valid, labels.flatten(), 0)[rows]  # vocab-parallel CE has no ignore index: a valid id
+        loss = self.kernel(states.flatten(0, 1)[rows], self._head_weight(), self._model[0].lm_bias, safe,
+                           self.chunk_size, row_weights=weights.flatten().to(torch.float32)[rows],
+                           normalizer=batch["num_tokens"].sum())
         return {"loss": loss, "targets": valid.sum().to(torch.float32) / labels.shape[0],
                 "mean_t": batch["noise_level"].float().mean()}
 

@@ -64,6 +64,18 @@ def model_differences(saved: dict[str, Any], current: dict[str, Any], prefix: st
     return out
 
 
+def with_defaults(section: dict[str, Any]) -> dict[str, Any]:
+    """A model section as this code reads it: fields a checkpoint predates take their defaults (the values the
+    model it trained had), older names are upgraded (ConceptModelConfig.from_dict). A section with fields this
+    code does not know (a newer checkpoint) is compared as written."""
+    from ..model.config import ConceptModelConfig
+
+    try:
+        return ConceptModelConfig.from_dict(dict(section)).to_dict()
+    except (TypeError, ValueError):
+        return section
+
+
 def check_same_model(tag_dir: Path, current: dict[str, Any]) -> None:
     """Refuse (CheckpointMismatch, one line) to resume a checkpoint of another model shape into this config."""
     import yaml
@@ -74,7 +86,7 @@ def check_same_model(tag_dir: Path, current: dict[str, Any]) -> None:
         raise CheckpointMismatch(f"{tag_dir / CONFIG} is unreadable ({exc}); the checkpoint is damaged") from None
     if not isinstance(saved, dict):
         return  # written before configs were stored: nothing to compare
-    differences = model_differences(saved, current)
+    differences = model_differences(with_defaults(saved), with_defaults(current))
     if differences:
         raise CheckpointMismatch(f"{tag_dir} holds another model than this config ({'; '.join(differences)}); "
                                  "resume with the checkpoint's values or start a new run_dir")

@@ -159,6 +159,19 @@ def test_resuming_another_model_shape_is_a_one_line_diff(saved):
     assert "model.num_concepts: checkpoint 32, now 64" in str(err.value) and "concept_dim" not in str(err.value)
 
 
+def test_fields_a_checkpoint_predates_read_as_their_defaults(saved):
+    # A checkpoint written before concept_layer / slot_update / decoder_options existed trained the default model:
+    # it resumes into a config at those defaults, and a config that changes one of them is refused by name.
+    from megaconcept.model.config import ConceptModelConfig
+
+    root, _ = saved
+    (root / "step_00000020" / "config.yaml").write_text("model:\n  num_concepts: 32\n  decoder: perceiver_mlm\n")
+    current = ConceptModelConfig(num_concepts=32).to_dict()
+    check_same_model(root / "step_00000020", current)  # also: config_version 1's perceiver_mlm is posonly now
+    with pytest.raises(CheckpointMismatch, match="model.concept_layer: checkpoint 'cross_attention', now 'slot'"):
+        check_same_model(root / "step_00000020", {**current, "concept_layer": "slot"})
+
+
 def test_guard_counts_skips_and_stops_past_the_limits():
     guard = StepGuard(GuardSection(max_consecutive_skips=2, max_total_skips=3))
     assert guard.after_step(1, True, 2.0, 1.0) is None
