@@ -15,7 +15,8 @@ Placement: the teacher and the dictionary are kept in a tuple, so they are no su
 partitioned, cast or checkpointed by DeepSpeed, replicated on every rank, frozen, bf16 on GPU / fp32 on CPU,
 moved to the states' device at the first forward. The teacher does no collective, so ranks never wait on each
 other for it (it runs wherever the term runs: every data-parallel rank, every tensor-parallel rank on the same
-replicated states, a pipeline's last stage, which receives clean_ids like any key the terms read). The head is
+replicated states; a pipeline's last stage would get clean_ids like any key the terms read, and the in-process
+pipeline view is exact, but config refuses parallel.pipeline>1 for now: a 2-stage CPU run stalled, issue 17). The head is
 `objectives.terms.<name>.head.*`: trained, checkpointed and resumed with the run, dropped by the export.
 A checkpoint records the dictionary's metadata digest (buffer `dictionary_digest`): resuming with another
 dictionary is refused.
@@ -84,7 +85,7 @@ class MLSMObjective(Objective):
     reads = (CLEAN_IDS, "labels", "positions")
     stats = ("zero_code_rows", "target_entropy", "active_atoms")
     nonnegative = True  # a KL divergence
-    runs_in_pipeline = True  # it reads the batch and the states only; the last stage gets clean_ids
+    runs_in_pipeline = True  # it reads the batch and the states only (config still refuses PP: see the docstring)
 
     def __init__(self, cfg: MLSMConfig, ctx: BuildContext) -> None:
         super().__init__()

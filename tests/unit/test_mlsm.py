@@ -152,3 +152,11 @@ def test_model_card_names_the_dictionary_and_teacher():
     assert "masked latent semantic modeling" in text and meta["teacher"]["weights_sha256"][:16] in text
     assert "to layer 1" in text and "<local>/dictionary" in text
     assert _objective_text({"objective": {"terms": {"mlm": {}}}}) == "Objective terms: `mlm`."
+
+
+def test_pipeline_parallelism_is_refused_in_one_line(tiny_shards):
+    from megaconcept.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"objective.terms.mlsm \(mlsm\) is not supported with parallel.pipeline>1"):
+        load_config(None, [f"data.shards={tiny_shards}", "parallel.pipeline=2", "model.num_layers=2",
+                           f"objective.terms={{mlm: null, mlsm: {{dictionary: {tiny_dictionary()}}}}}"])
