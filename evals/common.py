@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, Optional, Sequence, get_args, get_origin, get_type_hints
 
 if TYPE_CHECKING:
     from megaconcept.model import ConceptModelConfig
@@ -127,6 +127,8 @@ def _fits(value: Any, hint: Any) -> bool:
     kinds = [k for k in (get_args(hint) or (hint,)) if k is not type(None)]
     if isinstance(value, bool):  # JSON true is no number
         return bool in kinds
+    # A parameterized hint (dict[str, Any]: decoder_options, bottleneck_options) checks against its origin type.
+    kinds = [get_origin(k) or k for k in kinds]
     return any(isinstance(value, dict) if is_dataclass(k) else isinstance(value, (int, float) if k is float else k)
                for k in kinds)
 

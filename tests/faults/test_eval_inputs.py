@@ -339,3 +339,15 @@ def test_foreign_code_runs_only_with_the_flag(export_dir, tmp_path, capsys):
     assert str(folder) in line and "pass --trust-remote-code" in line
     assert concepts.main(args + ["--trust-remote-code", "--out", str(tmp_path / "yes")]) == 0
     assert (tmp_path / "yes" / "results.json").is_file()
+
+
+def test_option_sections_of_an_export_are_read_not_refused(export_dir, tmp_path):
+    # decoder_options / bottleneck_options are Optional[dict[str, Any]]: an object there is valid (a diffusion
+    # export records its mask token id), a list is named.
+    from evals.common import EvalError, model_config
+
+    folder = _copy(export_dir, tmp_path, "config.json", _config_with(export_dir, decoder_options={"mask_token_id": 1}))
+    assert model_config(folder).decoder_options == {"mask_token_id": 1}
+    bad = _copy(export_dir, tmp_path / "bad", "config.json", _config_with(export_dir, decoder_options=[1]))
+    with pytest.raises(EvalError, match="decoder_options is an array"):
+        model_config(bad)
