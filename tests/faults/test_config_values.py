@@ -27,6 +27,7 @@ ROWS: list[tuple[list[str], str, str]] = [
     (["model.mlp_ratio=-1"], "model.mlp_ratio", "model.mlp_ratio=-1.0 must be finite and > 0"),
     (["model.mlp_ratio=nan"], "model.mlp_ratio", "model.mlp_ratio=nan must be finite and > 0"),
     (["model.decoder_layers=0"], "model.decoder_layers", "model.decoder_layers=0 must be positive"),
+    (["model.slot_iterations=0"], "model.slot_iterations", "model.slot_iterations=0 must be positive"),
     (["model.max_position_embeddings=0"], "model.max_position_embeddings",
      "model.max_position_embeddings=0 must be positive"),
     (["model.dropout=-0.1"], "model.dropout", "model.dropout=-0.1 must be in [0, 1)"),

@@ -16,7 +16,8 @@ from megaconcept.objectives.weighting import UncertaintyOptions, UncertaintyWeig
 
 @pytest.mark.parametrize("overrides, fragment", [
     (["objective.terms.mlm={spam: 1}"], "objective.terms.mlm: unknown key(s) spam; valid: weight, warmup_steps"),
-    (["objective.terms.x={kind: nope}"], "objective.terms.x: 'nope' is not a known objective; valid: contrastive, diffusion, gate, kl, mlm, orthogonality"),
+    (["objective.terms.x={kind: nope}"],
+     f"objective.terms.x: 'nope' is not a known objective; valid: {', '.join(OBJECTIVES.keys())}"),
     (["objective.terms.mlm=null"], "objective.terms is empty"),
     (["objective.terms.mlm={weight: -1}"], "weight=-1.0 and warmup_steps=0 must be >= 0"),
     (["objective.terms.mlm=3"], "objective.terms.mlm must be a mapping"),
