@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from megaconcept.data.shards import Manifest, ShardError, read_manifest, read_shard
+from data_prep.shard import run_cli
+from megaconcept.data.shards import Manifest, read_manifest, read_shard
 from megaconcept.objectives.mlsm_coding import DictionaryLearner, LearnerConfig, unit_rows
 from megaconcept.objectives.mlsm_teacher import (build_teacher, cast_for, teacher_tokenizer, tokenizer_mismatch)
 
@@ -229,17 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, ShardError) as err:
-        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}; check --out", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -392,9 +392,14 @@ def _shard_into(out: Path, args: argparse.Namespace, tokenizer: PreTrainedTokeni
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
+    return run_cli(run, parse_args(argv))
+
+
+def run_cli(job: Any, args: Any) -> int:
+    """Run a data_prep job's `job(args)`; bad input and OS errors (disk full, permissions) become one line, exit 2.
+    Shared by the data_prep CLIs."""
     try:
-        run(args)
+        job(args)
     except (ValueError, ShardError) as err:
         print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
