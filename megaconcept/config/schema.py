@@ -99,11 +99,18 @@ class TrainSection:
     """Learning-rate multiplier for the token path: backbone layers and the token embedding (what a warm start loads)."""
     backbone_freeze_steps: int = 0
     """The token path (backbone and token embedding) stays fixed (lr 0) for the first K optimizer steps."""
-    init_encoder_from: Optional[str] = None
-    """Warm start of the encoder (token embedding, backbone, concepts and concept layers) from a trained model of
-    the same encoder shape: an exported folder (python -m megaconcept.export) or a run / checkpoint directory;
-    e.g. a diffusion run starting from an MLM run. Decoder, bottleneck and LM head start fresh; a resume ignores
-    it (the checkpoint holds every weight)."""
+    init_from: Optional[str] = None
+    """Warm start from a trained model: an exported folder (python -m megaconcept.export) or a run / checkpoint
+    directory; which parts it gives is train.init_modules, the rest start fresh. E.g. a diffusion run starting
+    from an MLM run's encoder. A resume ignores it (the checkpoint holds every weight)."""
+    init_modules: list[str] = field(default_factory=lambda: ["encoder"])
+    """The model's top-level parts copied from train.init_from, each of the same shape there: encoder (token
+    embedding, backbone, concepts, concept layers), decoder, bottleneck, lm_head (untied), lm_bias."""
+    trainable: list[str] = field(default_factory=list)
+    """Empty: every parameter trains. Else only parameters under these name prefixes train (the model's without
+    `model.`: lm_head, lm_bias, decoder, encoder.concepts; an objective's: objectives.terms.<name>), the rest are
+    frozen. A linear probe on a frozen MLSM model: init_from=RUN init_modules=[encoder, decoder]
+    trainable=[lm_head, lm_bias] model.tie_word_embeddings=false with the mlm term."""
     activation_checkpointing: bool = False
     """Recompute each backbone and concept layer in backward instead of keeping its activations."""
     compile: bool = False

@@ -277,6 +277,16 @@ def _mlsm_dictionary(cfg: RunConfig) -> Optional[str]:
     return None
 
 
+def _warm_start(cfg: RunConfig) -> Optional[str]:
+    t = cfg.train
+    if t.init_from and not t.init_modules:
+        return "train.init_modules is empty while train.init_from is set; name the parts to copy, e.g. [encoder]"
+    if t.trainable and cfg.parallel.pipeline > 1:
+        # A stage could hold no trainable parameter at all: DeepSpeed's pipeline optimizer needs some on each.
+        return "train.trainable is not supported with parallel.pipeline>1; use parallel.pipeline=1 (TP and ZeRO work)"
+    return None
+
+
 _BACKBONE_HEADS = ("model.backbone.num_layers", "model.backbone.hidden_size", "model.backbone.num_heads",
                    "model.backbone.num_kv_heads", "model.num_heads")
 
@@ -294,6 +304,7 @@ RULES: list[tuple[tuple[str, ...], Rule]] = [
     (_BACKBONE_HEADS, _backbone_heads),
     ((), _analysis),
     (("objective.terms", "data.shards", "parallel.pipeline"), _mlsm_dictionary),
+    (("train.init_from", "train.init_modules", "train.trainable", "parallel.pipeline"), _warm_start),
 ]
 """(keys the rule reads, rule): a rule is skipped when a key it reads (or one below it) is out of range, so it
 never divides by or indexes with a value already reported."""

@@ -22,7 +22,7 @@ from ..parallel import ParallelContext
 from ..parallel.parallelize import ParallelizeOptions, parallelize
 from ..parallel.pipeline import canonical_names, layer_names, pipeline_layers, split_micro_batch
 from .analysis import PROBE_MASKING, ConceptMonitor, summary_line
-from .encoder_init import load_encoder
+from .model_init import check_trainable, freeze_all_but, load_parts
 from .builders import (build_collator, build_model, decoded_positions, model_config, param_groups, split_groups,
                        to_device, vocab_multiple, vocabulary_for, warm_start_backbone)
 from .checkpointer import Checkpointer, latest_checkpoint
@@ -60,9 +60,10 @@ class Trainer:
             check_same_model(self.checkpointer.resume_path(), _plain(cfg)["model"])
         if resume is None:  # a resume overwrites every weight anyway
             warm_start_backbone(model, ctx.is_main)
-            if cfg.train.init_encoder_from:
-                self._say(load_encoder(model, cfg.train.init_encoder_from))
+            if cfg.train.init_from:
+                self._say(load_parts(model, cfg.train.init_from, cfg.train.init_modules))
         self.module = PretrainModule(model, self._objectives(model))
+        check_trainable(self.module, cfg.train.trainable)
         self._say(f"{self.module.objectives.describe()}; layout: tensor {ctx.tensor_parallel_size} x pipeline "
                   f"{ctx.pipeline_parallel_size} x data {ctx.data_parallel_size}")
         if resume == "reshard":
@@ -128,14 +129,21 @@ class Trainer:
         options = ParallelizeOptions(t.activation_checkpointing, t.compile, zero_stage(self.ds_config))
         engine_module = parallelize(self.module, self.ctx, options)
         if not self.pipelined:
-            return engine_module, list(engine_module.named_parameters())
+            return engine_module, self._freeze(list(engine_module.named_parameters()))
         # Activations cross stages as several tensors; DeepSpeed's TP partitioning of them assumes one.
         self.ds_config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
         # Which parameter each layer file holds: the export reads it instead of knowing the layer order.
         self.checkpoint_files[PIPELINE_LAYERS] = json.dumps(layer_names(self.module, pipeline_layers(self.module)),
                                                             indent=1)
         names = canonical_names(self.module, engine_module)
-        return engine_module, [(names[n], p) for n, p in engine_module.named_parameters()]
+        return engine_module, self._freeze([(names[n], p) for n, p in engine_module.named_parameters()])
+
+    def _freeze(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[tuple[str, torch.nn.Parameter]]:
+        """train.trainable: the parameters outside it stop requiring gradients (after parallelize, on the
+        parameters DeepSpeed will see); param_groups then leaves them out of the optimizer."""
+        if self.cfg.train.trainable:
+            self._say(freeze_all_but(named, self.cfg.train.trainable))
+        return named
 
     def _optimizer_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
         t = self.cfg.train

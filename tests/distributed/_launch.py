@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,3 +56,24 @@ def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}  # concept-analysis rows carry no loss
+
+
+def kill_after(cmd: list[str], metrics: Path, min_step: int, last_step: int, timeout: float = 240) -> int:
+    """Start `cmd`, SIGKILL its whole process tree once a step in [min_step, last_step) is logged; return the
+    last logged step."""
+    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended by itself (rc={proc.returncode}) before it could be killed")
+            if metrics.is_file() and any(f'"step": {s},' in metrics.read_text() for s in range(min_step, last_step)):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("run never reached the kill step")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return max(losses(metrics.parent))

@@ -1,33 +1,9 @@
 """2-process ZeRO-3 on CPU: train, checkpoint, SIGKILL mid-run, resume, match the uninterrupted losses."""
 import json
-import os
-import signal
-import subprocess
-import time
 
-from _launch import TINY, deepspeed_cmd, env, losses, run, torchrun_cmd, ROOT
+from _launch import TINY, deepspeed_cmd, kill_after, losses, run, torchrun_cmd
 
 STEPS = 40
-
-
-def _kill_after(cmd, metrics, min_step, timeout=240):
-    """Start `cmd`, SIGKILL its whole process tree once `min_step` is logged; return the last logged step."""
-    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"run ended by itself (rc={proc.returncode}) before it could be killed")
-            if metrics.is_file() and any(f'"step": {s},' in metrics.read_text() for s in range(min_step, STEPS)):
-                break
-            time.sleep(0.02)
-        else:
-            raise AssertionError("run never reached the kill step")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return max(losses(metrics.parent))
 
 
 def _concept_records(run_dir):
@@ -43,7 +19,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, tiny_shards):
     # Uninterrupted reference through the deepspeed launcher; the interrupted run through torchrun.
     run(deepspeed_cmd(2, "ds_configs/zero3.json", common + [f"run_dir={ref_dir}"]))
     cmd = torchrun_cmd(2, "ds_configs/zero3.json", common + [f"run_dir={res_dir}"])
-    killed_at = _kill_after(cmd, res_dir / "metrics.jsonl", min_step=10)
+    killed_at = kill_after(cmd, res_dir / "metrics.jsonl", min_step=10, last_step=STEPS)
     assert killed_at < STEPS
     out = run(cmd)
     assert "checkpoint" in out.stdout

@@ -26,7 +26,7 @@ def test_diffusion_run_warm_starts_its_encoder_exports_and_generates(tiny_shards
     mlm, diffusion, export = tmp_path / "mlm", tmp_path / "diffusion", tmp_path / "export"
     run(torchrun_cmd(1, "ds_configs/zero3.json", common + [f"run_dir={mlm}"]))
     proc = run(torchrun_cmd(1, "ds_configs/zero3.json", common + DIFFUSION + [f"run_dir={diffusion}",
-                                                                            f"train.init_encoder_from={mlm}"]))
+                                                                            f"train.init_from={mlm}"]))
     assert f"encoder warm-started from {mlm}" in proc.stdout
     rows = _rows(diffusion)
     steps = [r for r in rows if "loss" in r]

@@ -49,6 +49,8 @@ def test_yaml_round_trip():
         ("model.backbone.num_layers=2 model.backbone.num_kv_heads=2", "num_kv_heads=2 must divide num_heads"),
         ("model.backbone.num_layers=2", "model.num_heads=4 is not divisible by 3"),
         ("train.backbone_lr_mult=0", "train.backbone_lr_mult"),
+        ("train.init_from=runs/x train.init_modules=[]", "train.init_modules is empty"),
+        ("train.trainable=[lm_head] parallel.pipeline=2", "train.trainable is not supported with parallel.pipeline>1"),
     ],
 )
 def test_errors_are_one_line(override, fragment):
