@@ -54,6 +54,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1024, help="states per dictionary-learning step")
     p.add_argument("--epochs", type=int, default=1, help="passes over the collected states")
     p.add_argument("--teacher-batch", type=int, default=16, help="samples per teacher forward")
+    p.add_argument("--positions-per-sample", type=int, default=0,
+                   help="states kept per sample read (0 = spread --tokens over every sample: the most diverse, but "
+                        "the teacher then reads the whole corpus; a larger value reads --tokens / P samples only)")
     p.add_argument("--fista-iterations", type=int, default=100)
     p.add_argument("--save-every", type=int, default=50, help="learning steps between state saves")
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +66,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def settings_of(args: argparse.Namespace, manifest: Manifest) -> dict[str, Any]:
     """What must match for a re-run to continue an unfinished state."""
-    keys = ("teacher", "layer", "atoms", "lam", "tokens", "batch_size", "epochs", "fista_iterations", "seed")
+    keys = ("teacher", "layer", "atoms", "lam", "tokens", "batch_size", "epochs", "fista_iterations", "seed",
+            "positions_per_sample")
     return {**{k: getattr(args, k) for k in keys}, "shards_settings_sha256": manifest.settings_sha256}
 
 
@@ -105,7 +109,7 @@ def collect(args: argparse.Namespace, manifest: Manifest, teacher: torch.nn.Modu
             cache: np.ndarray, state: dict[str, Any], out: Path) -> None:
     """Fill `cache` (T, H) with L2-normalised teacher states of seeded random positions (resumable by rows)."""
     total, seq_len = cache.shape[0], manifest.seq_len
-    per_row = min(seq_len, math.ceil(total / manifest.samples))
+    per_row = min(seq_len, args.positions_per_sample or math.ceil(total / manifest.samples))
     order = sample_order(manifest, args.seed)
     bar = tqdm(desc="collecting states", unit="tok", total=total, initial=state["collected"])
     index, loaded = state["rows_done"], {}
@@ -133,7 +137,7 @@ def collect(args: argparse.Namespace, manifest: Manifest, teacher: torch.nn.Modu
             cache.flush()
             save_state(out, state)
     bar.close()
-    if state["collected"] < total:  # never: per_row * samples >= total by construction
+    if state["collected"] < total:  # never: run() checks per_row * samples >= total first
         raise ValueError(f"the shards hold fewer than --tokens {total} positions")
     cache.flush()
     save_state(out, state)
@@ -194,6 +198,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--atoms {args.atoms} >= 1, --tokens {args.tokens} >= --atoms, --lambda {args.lam} > 0, "
                          f"--batch-size and --epochs >= 1 are required")
     manifest = read_manifest(args.shards)
+    per_sample = min(manifest.seq_len, args.positions_per_sample)
+    if args.positions_per_sample < 0 or 0 < per_sample * manifest.samples < min(args.tokens,
+                                                                               manifest.samples * manifest.seq_len):
+        raise ValueError(f"--positions-per-sample {args.positions_per_sample}: the shards' {manifest.samples} samples "
+                         f"give {max(per_sample, 0) * manifest.samples} states, fewer than --tokens {args.tokens}; "
+                         f"raise it (0 = spread over every sample) or lower --tokens")
     out = Path(args.out)
     check_out_dir(out)
     if (out / METADATA_NAME).is_file() and not (out / CACHE_NAME).exists():

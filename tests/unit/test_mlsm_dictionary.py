@@ -115,3 +115,19 @@ def test_job_refusals(teacher_dir, tiny_shards, tmp_path, capsys):
     out.mkdir()
     job.save_state(out, {"settings": {"atoms": 99}, "done": False})
     assert "other settings" in error(_args(teacher_dir, tiny_shards, out))
+    # Too few states for --tokens at --positions-per-sample: refused before the teacher reads anything.
+    for bad in ("-1", "1"):
+        message = error(_args(teacher_dir, tiny_shards, tmp_path / "d", **{"--positions-per-sample": bad,
+                                                                           "--tokens": "100000000"}))
+        assert "--positions-per-sample" in message and "fewer than --tokens" in message
+    assert not (tmp_path / "d").exists()
+
+
+def test_positions_per_sample_reads_only_the_samples_it_needs(teacher_dir, tiny_shards, tmp_path):
+    out = tmp_path / "dense"
+    assert job.main(_args(teacher_dir, tiny_shards, out, **{"--positions-per-sample": "100", "--epochs": "1"})) == 0
+    state = torch.load(out / job.STATE_NAME, weights_only=False)
+    per_sample = min(100, read_manifest(str(tiny_shards)).seq_len)
+    needed = -(-600 // per_sample)  # samples read, in teacher batches of 8; the default spreads over all of them
+    assert state["rows_done"] == -(-needed // 8) * 8 < read_manifest(str(tiny_shards)).samples
+    assert json.loads((out / job.METADATA_NAME).read_text())["tokens"] == 600
