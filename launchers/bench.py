@@ -55,9 +55,9 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from launchers.bench_report import PEAK_MEMORY_NOTE, measure, owned, step_flops, with_ratios, write_results
-from launchers.sweep import PRETRAIN, _WORKER_STATUS, _reason, _relay, launcher_argv
-from launchers.sweep_grid import (Run, SweepError, _explicit, _mapping, _overrides, _sanitise, _scalar, _yaml_problem,
-                                  expand, render)
+from launchers.sweep import PRETRAIN, WORKER_STATUS, failure_reason, launcher_argv, relay_output
+from launchers.sweep_grid import (Run, SweepError, expand, explicit_runs, mapping_value, overrides_value, render,
+                                  sanitise, scalar_value, yaml_problem)
 
 SPEC_KEYS = ("base", "runs", "steps", "warmup", "nproc", "launcher", "ds_config", "env", "seq_len")
 LAUNCHERS = ("torchrun", "deepspeed")
@@ -103,7 +103,7 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise BenchError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        raise BenchError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(data, dict) or not data.get("runs"):
@@ -152,7 +152,7 @@ def _checked(path: Path, where: str, overrides: dict[str, Any], sets: dict[str, 
 
 
 def _at_least(path: Path, data: dict[str, Any], key: str, default: int, least: int) -> int:
-    value = _scalar(path, data, key, int, default)
+    value = scalar_value(path, data, key, int, default)
     if value < least:
         raise BenchError(f"{path}: key {key!r} must be >= {least}, not {value}")
     return value
@@ -162,9 +162,9 @@ def load_spec(path: Path, sets: dict[str, str], shards: Optional[str], generated
     """Parse and check a spec file; every problem is a one-line BenchError naming the file and the key."""
     data = _read(path)
     used: set[str] = set()
-    base = {**DEFAULTS, **_checked(path, "base", _overrides(path, "base", data.get("base"), False), sets, used)}
+    base = {**DEFAULTS, **_checked(path, "base", overrides_value(path, "base", data.get("base"), False), sets, used)}
     explicit = [(name, _checked(path, f"runs[{i}].overrides", own, sets, used))
-                for i, (name, own) in enumerate(_explicit(path, data["runs"], False))]
+                for i, (name, own) in enumerate(explicit_runs(path, data["runs"], False))]
     unused = sorted(set(sets) - used)
     if unused:
         raise BenchError(f"{path}: --set {unused[0]}: no override uses {{{unused[0]}}}; check the key's spelling")
@@ -172,17 +172,17 @@ def load_spec(path: Path, sets: dict[str, str], shards: Optional[str], generated
         base["data.shards"] = shards
     base.setdefault("data.shards", str(generated))
     runs = expand({}, explicit, base, [])
-    launcher = _scalar(path, data, "launcher", str, "torchrun")
+    launcher = scalar_value(path, data, "launcher", str, "torchrun")
     if launcher not in LAUNCHERS:
         raise BenchError(f"{path}: key 'launcher' must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
-    env = _mapping(path, "env", data.get("env"), '{OMP_NUM_THREADS: "1"}')
+    env = mapping_value(path, "env", data.get("env"), '{OMP_NUM_THREADS: "1"}')
     if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in env.values()):
         raise BenchError(f"{path}: key 'env' must map variable names to strings or numbers")
     return Spec(path=path, runs=runs,
                 own={run.name: [f"{k}={render(v)}" for k, v in own.items()] for run, (_, own) in zip(runs, explicit)},
                 steps=_at_least(path, data, "steps", 10, 1), warmup=_at_least(path, data, "warmup", 2, 0),
                 nproc=_at_least(path, data, "nproc", 1, 1), launcher=launcher,
-                ds_config=_scalar(path, data, "ds_config", str, "ds_configs/zero3.json"),
+                ds_config=scalar_value(path, data, "ds_config", str, "ds_configs/zero3.json"),
                 env={k: str(v) for k, v in env.items()}, seq_len=_at_least(path, data, "seq_len", 256, 2))
 
 
@@ -243,7 +243,7 @@ def claim(spec: Spec, out: Path) -> None:
 def _job(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, errors="replace", env={**os.environ, **ENV})
     if proc.returncode != 0:
-        why = _reason([line for line in proc.stderr.splitlines() if line.strip()])
+        why = failure_reason([line for line in proc.stderr.splitlines() if line.strip()])
         raise BenchError(f"{what} failed ({why}); pass --shards DIR (shards of data_prep.shard)")
 
 
@@ -294,11 +294,12 @@ def launch(spec: Spec, run: Run, where: Path) -> dict[str, Any]:
                                     text=True, errors="replace")
         except OSError as exc:
             return {"exit_status": None, "reason": f"cannot start: {exc}", "wall_s": 0.0, "peak_rss_mib": None}
-        lines = _relay(proc.stderr, log)
+        lines = relay_output(proc.stderr, log)
         code, rss = _wait(proc)
     # torchrun exits 1 for any failed worker; the worker's own status is in its report.
-    statuses = [int(m.group(1)) for line in lines if (m := _WORKER_STATUS.match(line))]
-    return {"exit_status": statuses[-1] if code != 0 and statuses else code, "reason": _reason(lines) if code else "",
+    statuses = [int(m.group(1)) for line in lines if (m := WORKER_STATUS.match(line))]
+    return {"exit_status": statuses[-1] if code != 0 and statuses else code,
+            "reason": failure_reason(lines) if code else "",
             "wall_s": time.monotonic() - start, "peak_rss_mib": rss}
 
 
@@ -371,7 +372,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    out = args.out or Path("runs") / "bench" / _sanitise(args.spec.stem)
+    out = args.out or Path("runs") / "bench" / sanitise(args.spec.stem)
     try:
         spec = select(load_spec(args.spec, dict(args.set), args.shards, out / "shards"), args.only)
         spec = replace(spec, steps=args.steps or spec.steps,

@@ -71,7 +71,7 @@ PREEMPTED_EXIT = 75
 """What a run exits with after checkpointing on SIGTERM (megaconcept.train.preemption); the sweep's too."""
 _PORT_FLAGS = ("--standalone", "--master_port", "--master-port", "--rdzv-endpoint", "--rdzv_endpoint")
 # torchrun reports a failed worker's own status in its root-cause block; its own exit status is always 1.
-_WORKER_STATUS = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+WORKER_STATUS = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 
 
 def _free_port() -> int:
@@ -109,7 +109,7 @@ def command(grid: Grid, run: Run, run_dir: Path) -> list[str]:
             *run.argv(), f"run_dir={render(str(run_dir))}"]
 
 
-def _reason(lines: list[str]) -> str:
+def failure_reason(lines: list[str]) -> str:
     """The line that says why: the project's one-line `error: ...` (torchrun appends its own report after
     it), else the last line."""
     for prefix in ("error", "preempted"):
@@ -148,21 +148,21 @@ class Runner:
                 self._procs[run.name] = proc
             if self.stopping.is_set():
                 proc.terminate()
-            lines = _relay(proc.stderr, log)
+            lines = relay_output(proc.stderr, log)
             code = proc.wait()
         with self._lock:
             del self._procs[run.name]
         return self._outcome(run, run_dir, code, lines, time.monotonic() - start)
 
     def _outcome(self, run: Run, run_dir: Path, code: int, lines: list[str], seconds: float) -> dict[str, Any]:
-        statuses = [int(m.group(1)) for line in lines if (m := _WORKER_STATUS.match(line))]
+        statuses = [int(m.group(1)) for line in lines if (m := WORKER_STATUS.match(line))]
         status = statuses[-1] if code != 0 and statuses else code
         step = last_step(run_dir)
         if code == 0 and step is not None and step >= self.grid.max_steps[run.name]:
             outcome, reason = "finished", ""
         else:
             outcome = "interrupted" if self.stopping.is_set() or status == PREEMPTED_EXIT else "failed"
-            reason = _reason(lines) if code != 0 else f"exited 0 at step {step}, before train.max_steps"
+            reason = failure_reason(lines) if code != 0 else f"exited 0 at step {step}, before train.max_steps"
         return {"outcome": outcome, "status": status, "reason": reason, "seconds": round(seconds, 1),
                 "final_step": step}
 
@@ -179,7 +179,7 @@ class Runner:
         return len(procs)
 
 
-def _relay(stream: Optional[IO[str]], log: IO[str]) -> list[str]:
+def relay_output(stream: Optional[IO[str]], log: IO[str]) -> list[str]:
     """Copy the run's stderr into its log, keeping the lines for the failure reason."""
     lines: deque[str] = deque(maxlen=200)
     for line in stream or ():

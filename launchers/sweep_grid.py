@@ -85,7 +85,7 @@ def _parse(text: str) -> Any:
     return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))["v"]
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def yaml_problem(exc: yaml.YAMLError) -> str:
     mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
     if mark is not None and problem:
         return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
@@ -98,7 +98,7 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        raise SweepError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SweepError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(data, dict):
@@ -109,7 +109,7 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _scalar(path: Path, data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+def scalar_value(path: Path, data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     value = data.get(key, default)
     if value is None and default is None:
         return None
@@ -129,7 +129,7 @@ def _strings(path: Path, data: dict[str, Any], key: str, default: list[str], emp
     return [str(v) for v in value]
 
 
-def _mapping(path: Path, key: str, value: Any, example: str) -> dict[str, Any]:
+def mapping_value(path: Path, key: str, value: Any, example: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
@@ -137,9 +137,9 @@ def _mapping(path: Path, key: str, value: Any, example: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _overrides(path: Path, key: str, value: Any, seeds: bool) -> dict[str, Any]:
+def overrides_value(path: Path, key: str, value: Any, seeds: bool) -> dict[str, Any]:
     """A mapping of dotted config keys; run_dir is the sweep's (and seed its `seeds:` axis's) to set."""
-    value = _mapping(path, key, value, "{train.lr: 1e-3}")
+    value = mapping_value(path, key, value, "{train.lr: 1e-3}")
     for reserved, why in (("run_dir", "the sweep sets it to SWEEP_DIR/<run name>"), ("seed", "seeds: sets it")):
         if reserved in value and (reserved == "run_dir" or seeds):
             raise SweepError(f"{path}: key '{key}.{reserved}' cannot be given: {why}")
@@ -147,14 +147,14 @@ def _overrides(path: Path, key: str, value: Any, seeds: bool) -> dict[str, Any]:
 
 
 def _axes(path: Path, value: Any, seeds: bool) -> dict[str, list[Any]]:
-    axes = _overrides(path, "grid", value, seeds)
+    axes = overrides_value(path, "grid", value, seeds)
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path}: key 'grid.{key}' must be a non-empty list of values, e.g. [a, b]")
     return axes
 
 
-def _explicit(path: Path, value: Any, seeds: bool) -> list[tuple[str, dict[str, Any]]]:
+def explicit_runs(path: Path, value: Any, seeds: bool) -> list[tuple[str, dict[str, Any]]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -169,7 +169,7 @@ def _explicit(path: Path, value: Any, seeds: bool) -> list[tuple[str, dict[str, 
             raise SweepError(f"{path}: unknown key '{key}.{unknown[0]}'; valid keys: {', '.join(RUN_KEYS)}")
         if entry["name"] in (name for name, _ in runs):
             raise SweepError(f"{path}: key '{key}.name': {entry['name']!r} is used by an earlier run")
-        runs.append((entry["name"], _overrides(path, f"{key}.overrides", entry.get("overrides"), seeds)))
+        runs.append((entry["name"], overrides_value(path, f"{key}.overrides", entry.get("overrides"), seeds)))
     return runs
 
 
@@ -181,30 +181,30 @@ def load_grid(path: Path) -> Grid:
             isinstance(v, int) and not isinstance(v, bool) for v in seeds)):
         raise SweepError(f"{path}: key 'seeds' must be a non-empty list of integers, not {seeds!r}")
     axes = _axes(path, data.get("grid"), bool(seeds))
-    explicit = _explicit(path, data.get("runs"), bool(seeds))
+    explicit = explicit_runs(path, data.get("runs"), bool(seeds))
     if not axes and not explicit:
         raise SweepError(f"{path}: the grid is empty; give grid: {{key: [values]}} and/or runs: [...]")
-    env = _mapping(path, "env", data.get("env"), '{OMP_NUM_THREADS: "1"}')
+    env = mapping_value(path, "env", data.get("env"), '{OMP_NUM_THREADS: "1"}')
     if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in env.values()):
         raise SweepError(f"{path}: key 'env' must map variable names to strings or numbers")
-    base = _overrides(path, "base", data.get("base"), bool(seeds))
-    name = _scalar(path, data, "name", str, _sanitise(path.stem))
-    if _sanitise(name) != name:
+    base = overrides_value(path, "base", data.get("base"), bool(seeds))
+    name = scalar_value(path, data, "name", str, sanitise(path.stem))
+    if sanitise(name) != name:
         raise SweepError(f"{path}: key 'name' must be a plain directory name (letters, digits, . _ = , + -)")
-    every, tail = (_scalar(path, data, k, int, 1) for k in ("every", "tail"))
+    every, tail = (scalar_value(path, data, k, int, 1) for k in ("every", "tail"))
     if min(every, tail) < 1:
         raise SweepError(f"{path}: keys 'every' and 'tail' must be >= 1")
     return Grid(
         path=path, name=name, launcher=_strings(path, data, "launcher", []),
-        ds_config=_scalar(path, data, "ds_config", str, "ds_configs/zero3.json"),
-        config=_scalar(path, data, "config", str, None), plugins=_strings(path, data, "plugins", []),
+        ds_config=scalar_value(path, data, "ds_config", str, "ds_configs/zero3.json"),
+        config=scalar_value(path, data, "config", str, None), plugins=_strings(path, data, "plugins", []),
         axes=list(axes), runs=expand(axes, explicit, base, seeds or []), seeds=seeds or [],
         env={k: str(v) for k, v in env.items()},
         metrics=_strings(path, data, "metrics", list(DEFAULT_METRICS), empty_ok=False),
         every=every, tail=tail)
 
 
-def _sanitise(text: str) -> str:
+def sanitise(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).lstrip(".-") or "_"
 
 
@@ -231,10 +231,10 @@ def expand(axes: dict[str, list[Any]], explicit: list[tuple[str, dict[str, Any]]
         for seed in seeds or [None]:
             extra = {} if seed is None else {"seed": seed}
             overrides = {**base, **own, **extra}
-            name = _sanitise(label + (f",seed={seed}" if seed is not None else ""))
+            name = sanitise(label + (f",seed={seed}" if seed is not None else ""))
             if len(name) > MAX_NAME:  # keep it a readable prefix; the digest keeps it unique
                 name = f"{name[:MAX_NAME - 9]}-{_digest(overrides)}"
-            runs.append(Run(name, _sanitise(label), {**labels, **extra}, overrides))
+            runs.append(Run(name, sanitise(label), {**labels, **extra}, overrides))
     names = [r.name for r in runs]
     # Two runs whose names sanitise alike (a/b and a_b) are told apart by their overrides' digest.
     return [Run(f"{r.name}-{_digest(r.overrides)}", r.group, r.labels, r.overrides) if names.count(r.name) > 1
