@@ -130,6 +130,7 @@ RANGES: dict[str, Allowed] = {
     "parallel.vocab_multiple": count(1),
     "checkpoint.interval": count(1),
     "checkpoint.keep_last": count(1),
+    "analysis.unigram_tokens": count(0),
 }
 
 CHECKED_BY_RULES = {"analysis.interval", "analysis.samples", "analysis.collapse_fraction"}

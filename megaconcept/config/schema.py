@@ -176,6 +176,9 @@ class AnalysisSection:
     collapse_fraction: float = 0.1
     """Collapse alarm: warn once when the concepts' effective rank falls below this fraction of
     model.num_concepts."""
+    unigram_tokens: int = 10_000_000
+    """Training tokens counted (in stored order) for `heldout_mlm15_unigram`, the unigram model's cross-entropy on
+    the `heldout_mlm15` targets: the level a model that learned only token frequencies reaches. 0 = off."""
 
 
 @dataclass

@@ -9,8 +9,9 @@ import torch
 
 from ..analysis import concept_metrics
 from ..config.schema import AnalysisSection, MaskingSection
-from ..data.heldout import heldout_ids
+from ..data.heldout import heldout_ids, training_manifest
 from ..data.shards import Manifest
+from ..data.unigram import unigram_cross_entropy, unigram_log_probs
 from ..parallel import ParallelContext
 
 PREFIX = "concepts/"
@@ -25,7 +26,9 @@ class ConceptMonitor:
     objectives on a fixed masking of it (`heldout_loss` is the MLM term's loss when there is one, else the
     total; every term's loss is logged under heldout/). Every rank runs the forwards (ZeRO-3 gathers and
     tensor-parallel layers need them all); rank 0 alone computes and reports the metrics. With `probe` (a
-    PROBE_MASKING collate) it also reports `heldout_mlm15`: the LM head's plain cross-entropy under that masking."""
+    PROBE_MASKING collate) it also reports `heldout_mlm15`: the LM head's plain cross-entropy under that masking,
+    and `heldout_mlm15_unigram`: a unigram model's (training-shard counts) on the same targets, the level of a
+    model that has learned token frequencies and no context."""
 
     def __init__(self, cfg: AnalysisSection, manifest: Manifest, num_concepts: int, ctx: ParallelContext,
                  collate: Callable[[torch.Tensor, torch.Generator], dict],
@@ -35,6 +38,10 @@ class ConceptMonitor:
         self.input_ids = ids.to(ctx.device)
         self.masked = self._masked(collate, ids)
         self.probe = None if probe is None else decode_everywhere(self._masked(probe, ids))
+        self.unigram = None
+        if self.probe is not None and cfg.unigram_tokens > 0 and ctx.is_main:
+            log_probs = unigram_log_probs(training_manifest(manifest, cfg.heldout), cfg.unigram_tokens)
+            self.unigram = unigram_cross_entropy(log_probs, self.probe["labels"])
         self.alarmed = False
 
     def _masked(self, collate: Callable[[torch.Tensor, torch.Generator], dict], ids: torch.Tensor) -> dict:
@@ -62,6 +69,7 @@ class ConceptMonitor:
         terms = {k: float(v) for k, v in scored.metrics.items() if k.startswith("loss/")}
         record: dict[str, Any] = {"step": step, "heldout_loss": terms.get("loss/mlm", float(scored.loss)),
                                   **({} if probe is None else {"heldout_mlm15": float(probe)}),
+                                  **({} if self.unigram is None else {"heldout_mlm15_unigram": self.unigram}),
                                   **{f"heldout/{k}": v for k, v in terms.items()},
                                   **{PREFIX + k: v for k, v in metrics.items()}}
         floor = self.cfg.collapse_fraction * self.num_concepts
@@ -88,7 +96,8 @@ def decode_everywhere(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def summary_line(record: dict[str, Any], num_concepts: int) -> str:
     """The progress line of an analysis record."""
     get = lambda key: record[PREFIX + key]  # noqa: E731
-    probe = f" (MLM@15% {record['heldout_mlm15']:.4f})" if "heldout_mlm15" in record else ""
+    unigram = f", unigram {record['heldout_mlm15_unigram']:.4f}" if "heldout_mlm15_unigram" in record else ""
+    probe = f" (MLM@15% {record['heldout_mlm15']:.4f}{unigram})" if "heldout_mlm15" in record else ""
     return (f"step {record['step']:>6} | held-out loss {record['heldout_loss']:.4f}{probe} | concepts: eff. rank {get('effective_rank'):.1f}/{num_concepts} "
             f"(batch {get('global_effective_rank'):.1f}) | mean cos {get('mean_pairwise_cosine'):.3f} | "
             f"uniformity {get('uniformity'):.3f} | collapsed dims {get('collapsed_dims'):.0f}")

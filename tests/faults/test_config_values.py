@@ -95,6 +95,7 @@ ROWS: list[tuple[list[str], str, str]] = [
     (["guard.spike_window=0"], "guard.spike_window", "guard.spike_window=0 must be positive"),
     (["parallel.tensor=0"], "parallel.tensor", "parallel.tensor=0 must be positive"),
     (["parallel.pipeline=0"], "parallel.pipeline", "parallel.pipeline=0 must be positive"),
+    (["analysis.unigram_tokens=-1"], "analysis.unigram_tokens", "analysis.unigram_tokens=-1 must be >= 0"),
     (["parallel.vocab_multiple=0"], "parallel.vocab_multiple", "parallel.vocab_multiple=0 must be positive"),
     (["checkpoint.interval=0"], "checkpoint.interval", "checkpoint.interval=0 must be positive"),
     (["checkpoint.keep_last=0"], "checkpoint.keep_last", "checkpoint.keep_last=0 must be positive"),
