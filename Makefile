@@ -18,7 +18,7 @@ SHARDS := data/shards/demo
 RUN_DIR := runs/demo
 EXPORT_DIR := exports/demo
 
-.PHONY: setup demo data train export test test-fast side-by-side lint clean
+.PHONY: setup demo data train export test test-fast side-by-side bench lint clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ demo: export
 # loss, concept effective rank). About 10 minutes on 1 CPU core.
 side-by-side: data
 	$(PY) -m launchers.sweep launchers/configs/sweeps/decoders_x_masking.yaml
+
+# Step time, tokens/s, MFU, FLOPs per step and peak RSS of training configurations side by side (the real trainer,
+# one run at a time): runs/bench/cpu_tiny/results.md. About a minute on CPU.
+bench: setup
+	$(PY) -m launchers.bench launchers/configs/bench/cpu_tiny.yaml --out runs/bench/cpu_tiny
 
 test: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
