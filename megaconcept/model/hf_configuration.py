@@ -1,61 +1,54 @@
 """Hugging Face configuration for exported concept encoders (``model_type = "megaconcept"``).
 
 Shipped flat inside every exported folder and loaded with ``trust_remote_code=True``, so it imports only
-transformers and its sibling files. The fields mirror :class:`ConceptModelConfig` one to one (a unit test
-keeps names and defaults in step); :meth:`MegaconceptConfig.to_model_config` turns it back into the plain
-config the model code is written against.
+transformers and its sibling files. The architecture fields are not written here: they are read off the plain
+:class:`ConceptModelConfig` dataclass when this class is created (names, types, defaults), so a field added
+there is a config.json key here without a second edit. :meth:`MegaconceptConfig.to_model_config` turns it back
+into the plain config the model code is written against.
 """
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Optional
+import copy
+from dataclasses import field, fields
+from typing import Any, Optional, get_type_hints
 
 from transformers import PretrainedConfig
 
 from .config import ConceptModelConfig
 
+# Where config.json must differ from the plain config: the HF model always knows its vocabulary (the plain
+# field may be null, "take it from the shards"), and the nested backbone travels as a dict (None = none).
+_JSON_FIELDS: dict[str, tuple[Any, Any]] = {"vocab_size": (int, 32000), "backbone": (Optional[dict], None)}
 
-_DEFAULTS = ConceptModelConfig()
+
+def model_fields() -> dict[str, tuple[Any, Any]]:
+    """name -> (type, default) of every ConceptModelConfig field, in its order, as config.json holds them."""
+    hints, defaults = get_type_hints(ConceptModelConfig), ConceptModelConfig()
+    return {f.name: _JSON_FIELDS.get(f.name, (hints[f.name], getattr(defaults, f.name)))
+            for f in fields(ConceptModelConfig)}
+
+
+def _declare_model_fields(namespace: dict[str, Any]) -> None:
+    """Add the model fields to a class body: transformers 5 turns every config subclass into a keyword-only
+    dataclass of its annotated attributes while the class is created, so they must be there before it is."""
+    annotations = namespace.setdefault("__annotations__", {})
+    for name, (hint, default) in model_fields().items():
+        annotations[name] = hint
+        # A dataclass refuses mutable defaults; a (future) list or dict default gets its own copy per config.
+        mutable = getattr(default, "__hash__", None) is None
+        namespace[name] = field(default_factory=lambda value=default: copy.deepcopy(value)) if mutable else default
 
 
 class MegaconceptConfig(PretrainedConfig):
-    """Architecture of a concept encoder + MLM decoder, stored in ``config.json``.
-
-    transformers 5 turns every config subclass into a keyword-only dataclass, so the annotated class
-    attributes below are the constructor's arguments (and their defaults).
-    """
+    """Architecture of a concept encoder + MLM decoder, stored in ``config.json``: every ConceptModelConfig
+    field (see its docstrings; `from_pretrained(dir, slot_iterations=K)` builds slot layers with another K),
+    plus the task heads' own options below."""
 
     model_type = "megaconcept"
 
-    # Defaults come from the plain config, the one place they are written.
+    _declare_model_fields(locals())  # a class body's locals() is the namespace the class is made from
 
-    vocab_size: int = 32000
-    num_concepts: int = _DEFAULTS.num_concepts
-    concept_dim: int = _DEFAULTS.concept_dim
-    num_layers: int = _DEFAULTS.num_layers
-    num_heads: int = _DEFAULTS.num_heads
-    mlp_ratio: float = _DEFAULTS.mlp_ratio
-    concept_layer: str = _DEFAULTS.concept_layer
-    slot_iterations: int = _DEFAULTS.slot_iterations
-    slot_update: str = _DEFAULTS.slot_update
-    """K of slot layers; `from_pretrained(dir, slot_iterations=K)` builds the model with another K."""
-    concept_positions: str = _DEFAULTS.concept_positions
-    decoder: str = _DEFAULTS.decoder
-    decoder_options: Optional[dict] = _DEFAULTS.decoder_options
-    decoder_layers: int = _DEFAULTS.decoder_layers
-    decoder_positions: str = _DEFAULTS.decoder_positions
-    bottleneck: str = _DEFAULTS.bottleneck
-    bottleneck_options: Optional[dict] = _DEFAULTS.bottleneck_options
-    max_position_embeddings: int = _DEFAULTS.max_position_embeddings
-    dropout: float = _DEFAULTS.dropout
-    tie_word_embeddings: bool = _DEFAULTS.tie_word_embeddings
-    attention: str = _DEFAULTS.attention
-    norm_eps: float = _DEFAULTS.norm_eps
-    init_std: float = _DEFAULTS.init_std
-    concept_init_std: float = _DEFAULTS.concept_init_std
-    backbone: Optional[dict] = None
-    config_version: int = _DEFAULTS.config_version
-    # Sequence classification only (not part of the pretraining architecture).
+    # Sequence classification and QA heads only (not part of the pretraining architecture).
     classifier_pooling: str = "mean"
     """How concepts become one vector: mean | attention | decoder (see classification.py)."""
     classifier_dropout: float = 0.1
@@ -66,7 +59,7 @@ class MegaconceptConfig(PretrainedConfig):
         return self.concept_dim
 
     @classmethod
-    def from_model_config(cls, cfg: ConceptModelConfig, **kwargs) -> "MegaconceptConfig":
+    def from_model_config(cls, cfg: ConceptModelConfig, **kwargs: Any) -> "MegaconceptConfig":
         """Wrap a plain :class:`ConceptModelConfig`; extra kwargs are HF bookkeeping (auto_map, dtype, ...)."""
         return cls(**cfg.to_dict(), **kwargs)
 

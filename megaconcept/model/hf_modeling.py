@@ -1,9 +1,13 @@
 """Hugging Face model classes for exported concept encoders (loaded with ``trust_remote_code=True``).
 
-The modules are built from the same classes as :class:`~.concept_mlm.ConceptMLM` and registered under the
-same names (``encoder``, ``bottleneck``, ``decoder``, ``lm_head`` when untied, ``lm_bias``), so an exported
-``model.safetensors`` has exactly the native state-dict keys and needs no key mapping in either direction.
-Shipped flat in the exported folder: imports are transformers, torch and sibling files only.
+They follow transformers' base-model/head convention: :class:`MegaconceptModel` (the encoder and bottleneck:
+input ids -> concepts) is the base model, and every head class holds one under ``base_model_prefix``
+(``self.megaconcept``) beside its own modules (``decoder``, ``lm_head`` when untied, ``lm_bias``, poolers and
+task heads). Their parameter names are the native :class:`~.concept_mlm.ConceptMLM` names with the base
+model's parts under ``megaconcept.``, so transformers' own prefix handling moves weights between the base model
+and any head (and reads an export's ``model.safetensors``, which holds the native names) with its usual
+missing/unexpected report. Shipped flat in the exported folder: imports are transformers, torch and sibling
+files only.
 """
 from __future__ import annotations
 
