@@ -8,7 +8,6 @@ into the plain config the model code is written against.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import field, fields
 from typing import Any, Optional, get_type_hints
 
@@ -36,7 +35,7 @@ def _declare_model_fields(namespace: dict[str, Any]) -> None:
         annotations[name] = hint
         # A dataclass refuses mutable defaults; a (future) list or dict default gets its own copy per config.
         mutable = getattr(default, "__hash__", None) is None
-        namespace[name] = field(default_factory=lambda value=default: copy.deepcopy(value)) if mutable else default
+        namespace[name] = field(default_factory=lambda value=default: type(value)(value)) if mutable else default
 
 
 class MegaconceptConfig(PretrainedConfig):
