@@ -37,7 +37,8 @@ except ImportError:  # transformers 4.x only initializes missing weights, so pla
 
 
 class MegaconceptPreTrainedModel(PreTrainedModel):
-    """Shared HF plumbing: config class, weight init for parameters the generic init does not know."""
+    """Shared HF plumbing: config class, base-model prefix, weight init for parameters the generic init does
+    not know."""
 
     config_class = MegaconceptConfig
     base_model_prefix = "megaconcept"
@@ -45,26 +46,10 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ConceptLayer", "SlotConceptLayer"]
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.encoder.token_embed
+        return self.base_model.encoder.token_embed
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.encoder.token_embed = value
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], output_attentions: Optional[bool],
-               output_hidden_states: Optional[bool], slot_iterations: Optional[int] = None
-               ) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
-        """Concepts (B, C, D) after the bottleneck's mean (deterministic: an exported model never samples), and
-        when asked the encoder's per-layer concepts and cross-attention weights (see ConceptEncoder.trace); the
-        flags default to the config's, as in every transformers model. slot_iterations: K for slot layers in
-        this call (None: config.slot_iterations)."""
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
-        if not (output_attentions or output_hidden_states):
-            return self.bottleneck.mean(self.encoder(input_ids, attention_mask, slot_iterations)), None, None
-        trace = self.encoder.trace(input_ids, attention_mask, slot_iterations)
-        return (self.bottleneck.mean(trace.concepts), trace.hidden_states if output_hidden_states else None,
-                trace.attentions if output_attentions else None)
+        self.base_model.encoder.token_embed = value
 
     def _init_weights(self, module: nn.Module) -> None:
         """Same scheme as ConceptMLM: Normal(0, init_std) for linears/embeddings, Normal(0, concept_init_std)
@@ -84,10 +69,11 @@ class MegaconceptPreTrainedModel(PreTrainedModel):
 
 
 class MegaconceptModel(MegaconceptPreTrainedModel):
-    """The concept encoder alone: input_ids (B, N) -> concepts (B, C, D) as ``last_hidden_state`` (after the
-    bottleneck's mean: a vae model's mu).
+    """The base model, the concept encoder alone: input_ids (B, N) -> concepts (B, C, D) as
+    ``last_hidden_state`` (after the bottleneck's mean: a vae model's mu).
 
-    Loading it from an exported MLM folder drops the decoder and LM head (reported as unused weights).
+    Loading it from an exported MLM folder (or a fine-tuned head) drops the head's weights, which transformers
+    reports as unused.
     """
 
     def __init__(self, config: MegaconceptConfig) -> None:
@@ -96,6 +82,26 @@ class MegaconceptModel(MegaconceptPreTrainedModel):
         self.encoder = ConceptEncoder(cfg)
         self.bottleneck = build_bottleneck(cfg)
         self.post_init()
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], output_attentions: Optional[bool],
+               output_hidden_states: Optional[bool], slot_iterations: Optional[int] = None
+               ) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
+        """Concepts (B, C, D) after the bottleneck's mean (deterministic: an exported model never samples), and
+        when asked the encoder's per-layer concepts and cross-attention weights (see ConceptEncoder.trace); the
+        flags default to the config's, as in every transformers model. slot_iterations: K for slot layers in
+        this call (None: config.slot_iterations)."""
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        if not (output_attentions or output_hidden_states):
+            return self.bottleneck.mean(self.encoder(input_ids, attention_mask, slot_iterations)), None, None
+        trace = self.encoder.trace(input_ids, attention_mask, slot_iterations)
+        return (self.bottleneck.mean(trace.concepts), trace.hidden_states if output_hidden_states else None,
+                trace.attentions if output_attentions else None)
+
+    def concepts(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Just the concepts (B, C, D), whatever the config says about hidden states and attentions."""
+        return self.encode(input_ids, attention_mask, False, False)[0]
 
     def forward(
         self,
@@ -121,7 +127,24 @@ class MegaconceptModel(MegaconceptPreTrainedModel):
         return BaseModelOutput(last_hidden_state=concepts, hidden_states=hidden, attentions=attentions)
 
 
-class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
+class MegaconceptHead(MegaconceptPreTrainedModel):
+    """A head class: the base model under `base_model_prefix`, plus read-only shortcuts to its parts (the head
+    classes' code and callers read `model.encoder` / `model.bottleneck` whichever class they hold)."""
+
+    def __init__(self, config: MegaconceptConfig) -> None:
+        super().__init__(config)
+        self.megaconcept = MegaconceptModel(config)
+
+    @property
+    def encoder(self) -> ConceptEncoder:
+        return self.megaconcept.encoder
+
+    @property
+    def bottleneck(self) -> nn.Module:
+        return self.megaconcept.bottleneck
+
+
+class MegaconceptForMaskedLM(MegaconceptHead):
     """Encoder -> concepts -> decoder at every position -> full logits (B, N, V).
 
     A tied head owns no parameter: the logits read the token embedding directly, as in the native model,
@@ -131,8 +154,6 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
     def __init__(self, config: MegaconceptConfig) -> None:
         super().__init__(config)
         cfg = config.to_model_config()
-        self.encoder = ConceptEncoder(cfg)
-        self.bottleneck = build_bottleneck(cfg)
         self.decoder = build_decoder(cfg)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.concept_dim, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
@@ -170,8 +191,8 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
         noise_level (B,): the masking level t for a time-conditioned diffusion decoder. Extra tokenizer outputs
         (e.g. token_type_ids) are ignored.
         """
-        concepts, hidden, attentions = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states,
-                                                   slot_iterations)
+        concepts, hidden, attentions = self.megaconcept.encode(input_ids, attention_mask, output_attentions,
+                                                               output_hidden_states, slot_iterations)
         self.decoder.check_length(input_ids.shape[1])
         positions = all_positions(input_ids)
         if noise_level is None:
@@ -205,7 +226,7 @@ class MegaconceptForMaskedLM(MegaconceptPreTrainedModel):
             self.train(was_training)
 
 
-class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
+class MegaconceptForSequenceClassification(MegaconceptHead):
     """Encoder -> concepts -> pooling (`config.classifier_pooling`) -> classification head.
 
     Loads from an exported MLM folder: encoder weights (and the decoder's, for decoder pooling) come from
@@ -218,8 +239,6 @@ class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
         cfg = config.to_model_config()
         choice = pooling(config.classifier_pooling)
         self.num_labels = config.num_labels
-        self.encoder = ConceptEncoder(cfg)
-        self.bottleneck = build_bottleneck(cfg)
         self.decoder = build_decoder(cfg) if choice.decodes else None
         self.pooler = choice.build(cfg)
         self.classifier = ClassificationHead(pooled_width(cfg, config.classifier_pooling), config.num_labels,
@@ -229,7 +248,7 @@ class MegaconceptForSequenceClassification(MegaconceptPreTrainedModel):
     def pooled(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """input_ids (B, N) -> one vector per sequence (B, W)."""
         if self.decoder is None:  # over the concepts (B, C, D)
-            return self.pooler(self.bottleneck.mean(self.encoder(input_ids, attention_mask)))
+            return self.pooler(self.megaconcept.concepts(input_ids, attention_mask))
         states = encode_decode(self.encoder, self.decoder, input_ids, attention_mask, None,
                                bottleneck=self.bottleneck).states  # (B, N, W)
         return self.pooler(states, attention_mask)
@@ -272,7 +291,7 @@ class ConceptQuestionAnsweringOutput(ModelOutput):
     type_logits: Optional[torch.Tensor] = None
 
 
-class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
+class MegaconceptForQuestionAnswering(MegaconceptHead):
     """Qasper-style QA: an answer type (QA_ANSWER_TYPES) over pooled concepts, plus an extractive span.
 
     The span head needs one state per input position, and the concepts are the only representation the
@@ -292,8 +311,6 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
         cfg = config.to_model_config()
         choice = pooling(config.classifier_pooling)
         self.pool_decoded = choice.decodes
-        self.encoder = ConceptEncoder(cfg)
-        self.bottleneck = build_bottleneck(cfg)
         self.decoder = build_decoder(cfg)  # always: the span head reads its per-position states
         self.pooler = choice.build(cfg)
         self.classifier = ClassificationHead(pooled_width(cfg, config.classifier_pooling), len(QA_ANSWER_TYPES),
@@ -319,7 +336,7 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
         """
         self.decoder.check_length(input_ids.shape[1])  # the span head decodes every position
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        concepts = self.bottleneck.mean(self.encoder(input_ids, attention_mask))  # (B, C, D)
+        concepts = self.megaconcept.concepts(input_ids, attention_mask)  # (B, C, D)
         positions = all_positions(input_ids)
         token_inputs = decoder_token_inputs(self.decoder, self.encoder.token_embed, input_ids, positions)
         states = self.decoder(concepts, positions, token_inputs).states  # (B, N, W)
@@ -354,4 +371,4 @@ class MegaconceptForQuestionAnswering(MegaconceptPreTrainedModel):
 
 
 __all__ = ["ConceptQuestionAnsweringOutput", "MegaconceptForMaskedLM", "MegaconceptForQuestionAnswering",
-           "MegaconceptForSequenceClassification", "MegaconceptModel", "MegaconceptPreTrainedModel"]
+           "MegaconceptForSequenceClassification", "MegaconceptHead", "MegaconceptModel", "MegaconceptPreTrainedModel"]
