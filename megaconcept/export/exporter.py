@@ -10,7 +10,8 @@ from typing import Optional
 from ..model.diffusion_decoder import with_mask_token
 from .card import model_card
 from .checkpoint import ExportError, read_checkpoint_info, resolve_tag_dir
-from .gather import check_against_native, check_finite, consolidate, drop_vocab_padding, model_config_for
+from .gather import (check_against_native, check_finite, consolidate, drop_vocab_padding, model_config_for,
+                     zero_stage)
 from .hf_folder import DTYPES, build_hf_model, load_tokenizer, write_hf_folder
 from .out_dir import check_apart, check_out_dir, publish, staged, write_marker
 
@@ -31,7 +32,8 @@ def export_checkpoint(
     for source in (Path(checkpoint), tag_dir):
         check_apart(out, source)
     info = read_checkpoint_info(tag_dir)
-    weights = drop_vocab_padding(consolidate(info), info)
+    stage = zero_stage(info.tag_dir)
+    weights = drop_vocab_padding(consolidate(info, stage), info)
     check_finite(weights)
     cfg = model_config_for(info, weights)
     check_against_native(weights, cfg)
@@ -39,7 +41,7 @@ def export_checkpoint(
     cfg = with_mask_token(cfg, tokenizer.mask_token_id)  # a time-conditioned decoder reads t off mask tokens
     model = build_hf_model(cfg, weights, dtype)
     num_params = sum(t.numel() for t in weights.values())
-    card = model_card(cfg, num_params, info.trainer_state, info.run_config, hub_repo or out.name)
+    card = model_card(cfg, num_params, info, tokenizer, stage, hub_repo or out.name)
     try:
         with staged(out) as folder:
             written = write_hf_folder(folder, model, tokenizer, weights)

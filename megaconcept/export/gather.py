@@ -14,7 +14,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -199,9 +199,10 @@ def _model_part(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return model
 
 
-def consolidate(info: CheckpointInfo) -> dict[str, torch.Tensor]:
-    """The checkpoint's full model weights: canonical names -> contiguous fp32 CPU tensors."""
-    stage = zero_stage(info.tag_dir)
+def consolidate(info: CheckpointInfo, stage: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """The checkpoint's full model weights: canonical names -> contiguous fp32 CPU tensors. `stage`: the ZeRO
+    stage when the caller already read it (zero_stage; below stage 3 that reads the rank-0 model file)."""
+    stage = zero_stage(info.tag_dir) if stage is None else stage
     # A pipeline's stages save as further model-parallel ranks next to the tensor-parallel ones.
     check_rank_files(info.tag_dir, stage, info.data, info.tensor * info.pipeline)
     check_pickles(info.tag_dir)

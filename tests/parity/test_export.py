@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from megaconcept.export import __main__ as cli
 from megaconcept.export.checkpoint import ExportError
 from megaconcept.export.gather import check_against_native, strip_wrapper_prefixes
+from megaconcept.export.hf_folder import hf_names, shipped_code
 from megaconcept.model import ConceptModelConfig
 from megaconcept.model.config import BackboneConfig
 from megaconcept.model.hf_configuration import MegaconceptConfig
@@ -141,19 +142,42 @@ def test_zero1_and_zero0_consolidate(stage: int, checkpoints: Path, tmp_path: Pa
 
 def test_folder_contents_config_and_card(exported_zero3: Path, tiny_tokenizer_dir: Path) -> None:
     names = {p.name for p in exported_zero3.iterdir()}
-    model_code = {p.name for p in (ROOT / "megaconcept" / "model").glob("*.py")} - {"__init__.py"}
-    assert model_code | {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
+    # Exactly the code the auto_map's classes import; training-only modules stay home.
+    assert {n for n in names if n.endswith(".py")} == set(shipped_code())
+    assert not {"warmstart.py", "sharding.py", "lm_loss.py", "__init__.py"} & names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= names
     config = json.loads((exported_zero3 / "config.json").read_text())
     assert config["model_type"] == "megaconcept" and config["architectures"] == ["MegaconceptForMaskedLM"]
     assert config["auto_map"]["AutoConfig"] == "hf_configuration.MegaconceptConfig"
     assert config["auto_map"]["AutoModelForMaskedLM"] == "hf_modeling.MegaconceptForMaskedLM"
+    assert "AutoTokenizer" not in config["auto_map"]  # a tokenizer is data: no code is named for it
+    tokenizer_config = json.loads((exported_zero3 / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast" and "auto_map" not in tokenizer_config
     from transformers import AutoTokenizer
 
     assert config["vocab_size"] == len(AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir)))
     card = (exported_zero3 / "README.md").read_text()
     for needle in ("license: apache-2.0", "trust_remote_code=True", "HotpotQA", "CC BY-SA 4.0", "1 optimizer steps",
-                   "32 tokens seen", "8 x 32"):
+                   "32 tokens seen", "8 x 32", "2 processes: tensor 1 x pipeline 1 x data 2, ZeRO stage 3",
+                   "| `mlm` | mlm | 1.0 | constant |", "No held-out measurement was logged", "## Tokenizer",
+                   f"{len(AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))):,} tokens including the mask token"):
         assert needle in card, needle
+    for text in (card, (exported_zero3 / "config.json").read_text(), json.dumps(tokenizer_config)):
+        assert str(ROOT) not in text and str(exported_zero3.parent) not in text  # nothing local is pushed
+
+
+def test_card_usage_snippet_runs_as_written(exported_zero3: Path) -> None:
+    """The card's python block, verbatim, in a fresh process without the project, from the folder's parent (it
+    loads by the folder's name, which is also what it would be called on the hub), hub offline, stdin closed."""
+    snippet = re.search(r"```python\n(.*?)```", (exported_zero3 / "README.md").read_text(), re.S).group(1)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-c", snippet], env=env, cwd=exported_zero3.parent, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "token_str" in proc.stdout and "torch.Size([1, 8, 32])" in proc.stdout, proc.stdout[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "Do you wish to run the custom code" not in output and "You are using a model of type" not in output
 
 
 def test_bf16_export(checkpoints: Path, tmp_path: Path) -> None:
@@ -247,19 +271,6 @@ def test_native_check_names_empty_and_foreign_keys() -> None:
     assert "missing keys: lm_bias" in message and "unexpected keys: lm_head.weight" in message
 
 
-def test_hf_config_mirrors_model_config() -> None:
-    # Scalar fields mirror one to one; the nested backbone travels as a dict (None = no backbone).
-    native = {f.name: f.default for f in fields(ConceptModelConfig) if f.name not in ("vocab_size", "backbone")}
-    hf = MegaconceptConfig()
-    assert {name: getattr(hf, name) for name in native} == native
-    assert hf.to_model_config().backbone == BackboneConfig()
-    cfg = ConceptModelConfig(vocab_size=77, num_concepts=3, tie_word_embeddings=False)
-    assert MegaconceptConfig.from_model_config(cfg).to_model_config() == cfg
-    with_backbone = ConceptModelConfig(vocab_size=77, backbone=BackboneConfig(num_layers=2, hidden_size=48, num_heads=3,
-                                                                            num_kv_heads=1, layout="interleaved"))
-    assert MegaconceptConfig.from_model_config(with_backbone).to_model_config() == with_backbone
-
-
 def test_untied_head_round_trips(tmp_path: Path) -> None:
     from megaconcept.model import ConceptMLM
 
@@ -267,10 +278,13 @@ def test_untied_head_round_trips(tmp_path: Path) -> None:
                              max_position_embeddings=8, tie_word_embeddings=False)
     native = ConceptMLM(cfg).eval()
     model = MegaconceptForMaskedLM(MegaconceptConfig.from_model_config(cfg))
-    model.load_state_dict(native.state_dict(), strict=True)
+    model.load_state_dict(hf_names(native.state_dict(), model), strict=True)
     model.save_pretrained(str(tmp_path))
     loaded = MegaconceptForMaskedLM.from_pretrained(str(tmp_path)).eval()
-    assert set(load_file(str(tmp_path / "model.safetensors"))) == set(native.state_dict())
+    # A plain save_pretrained writes the HF layout: the base model's parts under base_model_prefix.
+    saved = set(load_file(str(tmp_path / "model.safetensors")))
+    assert saved == set(hf_names(native.state_dict(), model)) and "megaconcept.encoder.concepts" in saved
+    assert "lm_head.weight" in saved
     ids = torch.randint(0, 40, (2, 8))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, native.logits(native(ids).states))
@@ -291,7 +305,7 @@ def test_backbone_round_trips_past_the_table(tmp_path: Path) -> None:
                              max_position_embeddings=8, decoder_positions="sinusoidal", backbone=backbone)
     native = ConceptMLM(cfg).eval()
     saved = MegaconceptForMaskedLM(MegaconceptConfig.from_model_config(cfg))
-    saved.load_state_dict(native.state_dict(), strict=True)
+    saved.load_state_dict(hf_names(native.state_dict(), saved), strict=True)
     saved.save_pretrained(str(tmp_path))
     loaded = MegaconceptForMaskedLM.from_pretrained(str(tmp_path)).eval()
     encoder_only = MegaconceptModel.from_pretrained(str(tmp_path)).eval()
