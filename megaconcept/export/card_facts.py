@@ -36,8 +36,10 @@ def heldout_record(info: CheckpointInfo) -> Optional[dict[str, Any]]:
             record = json.loads(line)
         except ValueError:  # a line cut by a crash mid-write
             continue
-        value = record.get("heldout_loss") if isinstance(record, dict) else None
-        if isinstance(value, (int, float)) and math.isfinite(value) and record.get("step", math.inf) <= step:
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue
+        value = record.get("heldout_loss")
+        if isinstance(value, (int, float)) and math.isfinite(value) and record["step"] <= step:
             found = record
     return found
 
