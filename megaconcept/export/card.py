@@ -47,6 +47,12 @@ def _architecture_rows(cfg: ConceptModelConfig, num_params: int) -> str:
     return "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 
+def _reads(cfg: ConceptModelConfig) -> str:
+    if cfg.concept_layer == "slot":
+        return "compete for the N token states (slot attention: each token's softmax over the concepts)"
+    return "cross-attend to the N token states"
+
+
 def _term_rows(run_config: dict[str, Any]) -> str:
     """One table row per objective term: kind, weight, and how the weight moves (objectives.base.TermConfig)."""
     terms = run_config.get("objective", {}).get("terms", {}) or {}
@@ -223,7 +229,7 @@ def model_card(cfg: ConceptModelConfig, num_params: int, info: CheckpointInfo, t
 
 # megaconcept concept encoder (MLM)
 
-A **concept encoder**: {cfg.num_concepts} learned concept vectors cross-attend to the N token states and
+A **concept encoder**: {cfg.num_concepts} learned concept vectors {_reads(cfg)} and
 self-attend among themselves, so the costly part scales as O(C·N) instead of O(N²). The `{cfg.decoder}`
 decoder reconstructs the tokens from the concepts.
 
