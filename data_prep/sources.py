@@ -152,6 +152,10 @@ def iter_hub_dataset(name: str, config: str | None, split: str, text_field: str,
     """
     from datasets import load_dataset  # deferred: importing datasets costs ~1 s that local inputs don't need
 
+    from megaconcept.hub_env import enable_fast_downloads
+
+    enable_fast_downloads()  # hub files through hf_transfer when it is installed (huggingface_hub < 1.0)
+
     try:
         stream = load_dataset(name, config, split=split, streaming=True, data_files=data_files)
     except Exception as err:  # datasets raises many unrelated types for a bad name/config/split

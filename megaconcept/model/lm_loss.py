@@ -1,6 +1,6 @@
 """Sparse, chunked LM-head cross-entropy: logits only at decoded positions, one chunk at a time.
 
-Lives with the model (not in objectives/) because the LM head owns it and exported code must carry it.
+Lives with the model (not in objectives/) because the LM head owns it; training only (an export does not ship it).
 """
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..model.backbone import Backbone
 from ..model.config import BackboneConfig
+from ..hub_env import enable_fast_downloads
 from ..model.warmstart import GGUF_SPEC, load_source
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
@@ -89,6 +90,7 @@ def build_teacher(source: str, layer: int, unknown_id: int = 0) -> tuple[Teacher
 
     identity: source, model_type, depth, layer, hidden_size, num_heads, num_kv_heads, intermediate_size (what the
     FLOP counter needs), vocab_rows, gguf and weights_sha256."""
+    enable_fast_downloads()  # a hub id downloads through hf_transfer when it is installed
     state, src = load_source(source)
     cfg = teacher_config(src, layer)
     embed = state["model.embed_tokens.weight"]

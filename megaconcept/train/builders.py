@@ -15,6 +15,7 @@ from ..model.diffusion_decoder import with_mask_token
 from ..model.warmstart import warm_start
 from ..data.shards import Manifest
 from ..data.vocab import VocabularyTables, special_ids, vocabulary_tables
+from ..hub_env import enable_fast_downloads
 from ..objectives.masking import MASK_SCHEDULES, MASKING, BatchMaker, MaskingCollator, MaskingSpec, num_targets
 
 
@@ -107,6 +108,7 @@ def warm_start_backbone(model: ConceptMLM, is_main: bool) -> None:
     backbone = model.config.backbone
     if not backbone.init_from:
         return
+    enable_fast_downloads()  # a hub id downloads through hf_transfer when it is installed
     report = warm_start(model, backbone, backbone.init_from)
     if is_main:
         print(report.summary(), flush=True)

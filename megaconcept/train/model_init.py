@@ -30,7 +30,11 @@ def source_weights(path: str) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
-        return load_file(str(folder / "model.safetensors"))
+        from ..export.hf_folder import native_names
+
+        # An export stores native names; a folder a user saved with save_pretrained has them under the base
+        # model's prefix (MegaconceptModel's `megaconcept.`).
+        return native_names(load_file(str(folder / "model.safetensors")), "megaconcept")
     if not folder.exists():
         raise ModelInitError(f"train.init_from={path} does not exist; give an exported folder or a run directory")
     from ..export.checkpoint import ExportError, read_checkpoint_info, resolve_tag_dir

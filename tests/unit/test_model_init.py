@@ -49,6 +49,15 @@ def test_encoder_and_decoder_are_copied_for_a_probe_and_the_untied_head_starts_f
         load_parts(target, str(tmp_path), ["decodr"])
 
 
+def test_a_folder_saved_under_the_hf_prefix_loads_too(tmp_path):
+    source = ConceptMLM(ConceptModelConfig(**BASE))
+    save_file({f"megaconcept.{k}": v.contiguous() for k, v in source.state_dict().items()},
+              str(tmp_path / "model.safetensors"))
+    target = ConceptMLM(ConceptModelConfig(**BASE))
+    load_parts(target, str(tmp_path), ["encoder"])
+    assert all(torch.equal(target.encoder.state_dict()[k], v) for k, v in source.encoder.state_dict().items())
+
+
 def test_another_shape_is_refused_by_name(tmp_path):
     _saved(tmp_path, concept_dim=32)
     with pytest.raises(ModelInitError, match=r"encoder\.\S+ is \(\d+, 32\), this run's is \(\d+, 16\)"):
